@@ -7,3 +7,7 @@ class RecipeError(ValueError):
 
 class DeltaError(ValueError):
     """A delta checkpoint is malformed, incomplete, or does not fit the model it is loaded into."""
+
+
+class UsageError(ValueError):
+    """Command-line or script arguments that cannot work (a missing file, an unknown task ...)."""
