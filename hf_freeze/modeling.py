@@ -23,9 +23,7 @@ TASK_CLASSES = {
 }
 
 
-def load_config(
-    model: str | None = None, config_file: str | None = None, **overrides
-) -> transformers.PretrainedConfig:
+def load_config(model: str | None = None, config_file: str | None = None, **overrides) -> transformers.PretrainedConfig:
     """The config of a model folder / hub id, or of a bare ``config.json``; ``overrides`` set fields."""
     if (model is None) == (config_file is None):
         raise UsageError("Give exactly one of a model (folder or hub id) and a config file.")

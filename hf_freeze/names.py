@@ -13,9 +13,7 @@ from collections.abc import Iterator
 import torch
 
 _LEADING_PREFIXES = ("module.", "base_model.model.")
-_INNER_COMPONENTS = frozenset(
-    {"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "base_layer"}
-)
+_INNER_COMPONENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "base_layer"})
 
 
 def canonical_name(name: str) -> str:

@@ -98,9 +98,7 @@ class Plan:
     def optimizer_state_bytes(self, optimizer: str = "adamw") -> int:
         """Estimated optimizer state for what trains: AdamW keeps two tensors per parameter, SGD one."""
         if optimizer.lower() not in OPTIMIZER_STATE_COPIES:
-            raise ValueError(
-                f"No state estimate for {optimizer!r}; known: {', '.join(OPTIMIZER_STATE_COPIES)}."
-            )
+            raise ValueError(f"No state estimate for {optimizer!r}; known: {', '.join(OPTIMIZER_STATE_COPIES)}.")
         copies = OPTIMIZER_STATE_COPIES[optimizer.lower()]
         return copies * sum(d.nbytes for d in self.decisions.values() if d.trainable)
 
@@ -245,9 +243,7 @@ def _walk(model: nn.Module, anatomy: Anatomy) -> list[dict[str, Any]]:
     block_ids = {id(block) for stack in anatomy.all_stacks() for block in stack}
     base_prefix = ""
     if anatomy.is_transformers and anatomy.base is not anatomy.model:
-        base_prefix = next(
-            (canonical_name(name) for name, m in model.named_modules() if m is anatomy.base), ""
-        )
+        base_prefix = next((canonical_name(name) for name, m in model.named_modules() if m is anatomy.base), "")
     entries: list[dict[str, Any]] = []
     by_path: dict[str, dict[str, Any]] = {}
     for path, module in model.named_modules(remove_duplicate=False):
@@ -302,9 +298,7 @@ def _select(rule: Rule, modules: list[dict[str, Any]], anatomy: Anatomy) -> dict
         parent = entry["parent"]
         path, name, module = entry["path"], entry["name"], entry["module"]
         inside[path] = id(module) in roots or (parent is not None and inside[parent["path"]])
-        matched[path] = any(p.fullmatch(name) for p in rule.match) or (
-            parent is not None and matched[parent["path"]]
-        )
+        matched[path] = any(p.fullmatch(name) for p in rule.match) or (parent is not None and matched[parent["path"]])
         if (rule.select and not inside[path]) or (rule.match and not matched[path]):
             continue
         if not has_kind(module, rule.kinds):

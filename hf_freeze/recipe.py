@@ -157,16 +157,12 @@ class Recipe:
             return cls.from_dict(recipe)
         if isinstance(recipe, (str, Path)):
             return cls.load(recipe)
-        raise RecipeError(
-            f"A recipe must be a Recipe, a dict, a bundled name or a path, not {type(recipe).__name__}."
-        )
+        raise RecipeError(f"A recipe must be a Recipe, a dict, a bundled name or a path, not {type(recipe).__name__}.")
 
     def rules_for_phase(self, phase: int) -> tuple[Rule, ...]:
         """The rules in force during ``phase``: the top-level rules, then those of phases 0..phase."""
         if phase < 0 or (phase > 0 and phase >= len(self.phases)):
-            raise RecipeError(
-                f"Recipe {self.name!r} has no phase {phase} (it has {max(1, len(self.phases))})."
-            )
+            raise RecipeError(f"Recipe {self.name!r} has no phase {phase} (it has {max(1, len(self.phases))}).")
         rules = list(self.rules)
         for stage in self.phases[: phase + 1]:
             rules.extend(stage.rules)
@@ -213,8 +209,7 @@ def _load(name_or_path: str, chain: tuple[str, ...], base_dir: Path | None = Non
         return _from_data(data, source=str(path), base_dir=path.parent, chain=chain)
     if name_or_path not in bundled_recipe_names():
         raise RecipeError(
-            f"Unknown recipe {name_or_path!r}: give a .yaml/.json path or one of "
-            f"{', '.join(bundled_recipe_names())}."
+            f"Unknown recipe {name_or_path!r}: give a .yaml/.json path or one of {', '.join(bundled_recipe_names())}."
         )
     data = _parse_text(bundled_recipe_text(name_or_path), "yaml", name_or_path)
     return _from_data(data, source=name_or_path, base_dir=None, chain=chain)
@@ -253,17 +248,11 @@ def _from_data(data: Any, source: str, base_dir: Path | None, chain: tuple[str, 
     if default not in DEFAULTS:
         raise RecipeError(f"{source}: 'default' must be one of {', '.join(DEFAULTS)}, not {default!r}.")
     raw_phases = data.get("phases", None)
-    phases = (
-        _parse_phases(raw_phases, source) if raw_phases is not None else (parent.phases if parent else ())
-    )
-    eval_frozen = _typed(
-        data.get("eval_frozen", parent.eval_frozen if parent else False), bool, source, "eval_frozen"
-    )
+    phases = _parse_phases(raw_phases, source) if raw_phases is not None else (parent.phases if parent else ())
+    eval_frozen = _typed(data.get("eval_frozen", parent.eval_frozen if parent else False), bool, source, "eval_frozen")
     return Recipe(
         name=name,
-        description=_typed(
-            data.get("description", parent.description if parent else ""), str, source, "description"
-        ),
+        description=_typed(data.get("description", parent.description if parent else ""), str, source, "description"),
         rules=(parent.rules if parent else ()) + rules,
         default=default,
         phases=phases,
@@ -276,18 +265,14 @@ def _from_data(data: Any, source: str, base_dir: Path | None, chain: tuple[str, 
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(str(key) for key in data if key not in allowed)
     if unknown:
-        raise RecipeError(
-            f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(allowed))}."
-        )
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(allowed))}.")
 
 
 def _typed(value: Any, kind: type, where: str, key: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise RecipeError(
-            f"{where}: {key!r} must be {kind.__name__}, not {type(value).__name__} ({value!r})."
-        )
+        raise RecipeError(f"{where}: {key!r} must be {kind.__name__}, not {type(value).__name__} ({value!r}).")
     return value
 
 
@@ -305,9 +290,7 @@ def _parse_rule(raw: Any, where: str, phase: str | None = None) -> Rule:
         raise RecipeError(f"{where}: a rule must be a mapping, not {type(raw).__name__} ({raw!r}).")
     _check_keys(raw, _RULE_KEYS, where)
     if "trainable" not in raw:
-        raise RecipeError(
-            f"{where}: the rule has no 'trainable'; say 'trainable: true' or 'trainable: false'."
-        )
+        raise RecipeError(f"{where}: the rule has no 'trainable'; say 'trainable: true' or 'trainable: false'.")
     trainable = _typed(raw["trainable"], bool, where, "trainable")
     patterns = []
     for pattern in _string_list(raw["match"], where, "match") if "match" in raw else ():
@@ -364,9 +347,7 @@ def _parse_phases(raw: Any, source: str) -> tuple[Phase, ...]:
             raise RecipeError(f"{where}: 'rules' must be a list of rules.")
         if index > 0 and not raw_rules:
             raise RecipeError(f"{where}: the phase has no rules, so it would change nothing; add rules.")
-        rules = tuple(
-            _parse_rule(rule, f"{where}, rule {number}") for number, rule in enumerate(raw_rules, 1)
-        )
+        rules = tuple(_parse_rule(rule, f"{where}, rule {number}") for number, rule in enumerate(raw_rules, 1))
         is_last = index == len(raw) - 1
         if "until" in entry and is_last:
             raise RecipeError(f"{where}: the last phase has no later phase to switch to; drop its 'until'.")

@@ -36,9 +36,7 @@ def format_plan(plan: Plan) -> str:
     recipe = plan.recipe
     phases = f", phase {plan.phase} of {recipe.num_phases}" if recipe.phases else ""
     lines = [f"Plan: recipe {recipe.name!r} on {plan.model_class}{phases}", ""]
-    rule_rows = [
-        [r.label, r.description, f"{r.modules:,}", f"{r.parameters:,}", f"{r.elements:,}"] for r in plan.rules
-    ]
+    rule_rows = [[r.label, r.description, f"{r.modules:,}", f"{r.parameters:,}", f"{r.elements:,}"] for r in plan.rules]
     undecided = plan.default_report()
     rule_rows.append(
         [
@@ -52,8 +50,7 @@ def format_plan(plan: Plan) -> str:
     lines += _table(["rule", "selects", "modules", "params", "elements"], rule_rows, text_columns=2)
     lines.append("")
     block_rows = [
-        [block["name"], f"{block['trainable_elements']:,}", f"{block['frozen_elements']:,}"]
-        for block in plan.blocks()
+        [block["name"], f"{block['trainable_elements']:,}", f"{block['frozen_elements']:,}"] for block in plan.blocks()
     ]
     lines += _table(["block", "trainable", "frozen"], block_rows)
     totals = plan.totals()

@@ -136,9 +136,7 @@ class Anatomy:
         parent = self._parent_of(found)
         if parent is not None and "embedding" in type(parent).__name__.lower():
             return [parent]
-        siblings = (
-            [] if parent is None else [m for m in parent.children() if is_embedding(m) and m is not found]
-        )
+        siblings = [] if parent is None else [m for m in parent.children() if is_embedding(m) and m is not found]
         return [found, *siblings]
 
     def _parent_of(self, target: nn.Module) -> nn.Module | None:
@@ -197,9 +195,7 @@ class Anatomy:
         """``@blocks[...]``, ``@encoder.blocks[...]``, ``@decoder.blocks[...]``."""
         if self.is_encoder_decoder:
             if selector.stack is None:
-                self._fail(
-                    selector, "it is encoder-decoder; use @encoder.blocks[...] or @decoder.blocks[...]"
-                )
+                self._fail(selector, "it is encoder-decoder; use @encoder.blocks[...] or @decoder.blocks[...]")
             owner = self._stack_owner(selector.stack)
             found = find_stack(owner, self._no_split) if owner is not None else None
         else:

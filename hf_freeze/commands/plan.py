@@ -19,9 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", choices=sorted(TASK_CLASSES), help="build this task's model class")
     parser.add_argument("--num-labels", type=int, help="labels of a classification head")
     parser.add_argument("--phase", type=int, default=0, help="plan this phase of a phased recipe")
-    parser.add_argument(
-        "--explain", action="append", default=[], metavar="PARAM", help="explain one parameter"
-    )
+    parser.add_argument("--explain", action="append", default=[], metavar="PARAM", help="explain one parameter")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run)
 
