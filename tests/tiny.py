@@ -94,3 +94,20 @@ def tiny_model(arch: str, model_class: str | None = None, seed: int = 0, **overr
     torch.manual_seed(seed)
     cls = getattr(transformers, model_class or DEFAULT_CLASSES[arch])
     return cls(tiny_config(arch, **overrides)).eval()
+
+
+def random_text_dataset(rows: int = 32, length: int = 12, num_labels: int = 2, seed: int = 0):
+    """A seeded ``datasets.Dataset`` of random token ids with a learnable label (token 5 present or not)."""
+    import datasets
+
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(6, VOCAB, (rows, length), generator=generator)
+    labels = torch.randint(0, num_labels, (rows,), generator=generator)
+    input_ids[:, 1] = torch.where(labels == 1, 5, input_ids[:, 1])
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": input_ids.tolist(),
+            "attention_mask": torch.ones_like(input_ids).tolist(),
+            "labels": labels.tolist(),
+        }
+    )

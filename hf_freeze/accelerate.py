@@ -1,0 +1,109 @@
+"""Recipes in a hand-written Accelerate loop.
+
+```python
+accelerator = Accelerator()
+freeze = FreezeController(accelerator, model, "gradual_unfreeze", lr=1e-4)
+model, optimizer, train_dl = freeze.prepare(train_dl)
+for batch in train_dl:
+    accelerator.backward(model(**batch).loss)
+    freeze.sync_gradients()                      # before clipping: keeps DDP ranks identical after an unfreeze
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    freeze.step()                                # or freeze.step(metrics) after an evaluation
+```
+
+The recipe is applied when the controller is built; the optimizer covers every tensor that trains in any
+phase, as ``FreezeTrainer``'s does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from accelerate import Accelerator
+from torch import nn
+
+from hf_freeze.apply import apply_plan
+from hf_freeze.grad_sync import LateGradSync
+from hf_freeze.names import canonical_name
+from hf_freeze.optim import param_groups
+from hf_freeze.phases import PhaseController, phase_plans
+from hf_freeze.plan import Plan
+from hf_freeze.recipe import Recipe
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Canonical names that get weight decay under the Trainer's rule (not biases, not norms)."""
+    # The Trainer's rule does not depend on the Trainer instance; reuse it rather than restate it.
+    return {canonical_name(name) for name in transformers.Trainer.get_decay_parameter_names(None, model)}
+
+
+class FreezeController:
+    """Applies a recipe, builds the optimizer, prepares with an ``Accelerator`` and advances phases."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        recipe: Recipe | dict | str,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        **optimizer_kwargs: Any,
+    ):
+        self.accelerator = accelerator
+        self.recipe = Recipe.coerce(recipe)
+        plans = phase_plans(model, self.recipe)
+        apply_plan(model, plans[0])
+        self.phases = PhaseController(model, self.recipe, plans)
+        self.model = model
+        groups = param_groups(plans, self.recipe, lr, weight_decay, decay_parameter_names(model))
+        self.optimizer = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
+        self.global_step = 0
+        self._late_sync: LateGradSync | None = None
+
+    def prepare(self, *objects: Any) -> tuple[Any, ...]:
+        """``accelerator.prepare(model, optimizer, *objects)``; returns them prepared, in that order."""
+        prepared = self.accelerator.prepare(self.model, self.optimizer, *objects)
+        if isinstance(prepared[0], nn.parallel.DistributedDataParallel):
+            self._late_sync = LateGradSync(self.model)
+        return prepared
+
+    @property
+    def phase(self) -> int:
+        """The current phase index."""
+        return self.phases.phase
+
+    @property
+    def plan(self) -> Plan:
+        """The current phase's plan."""
+        return self.phases.plan
+
+    def sync_gradients(self) -> None:
+        """Average, across ranks, the gradients of tensors unfrozen after wrapping. Call before clipping."""
+        if self._late_sync is not None and self.accelerator.sync_gradients:
+            self._late_sync.sync(self.model)
+
+    def step(self, metrics: dict[str, float] | None = None, epoch: float | None = None) -> bool:
+        """Count an optimizer step (without ``metrics``) or an evaluation (with them); advance the phase when
+        its trigger fires. Returns whether the phase changed."""
+        if metrics is None:
+            self.global_step += 1
+        if not self.phases.should_advance(self.global_step, epoch or 0.0, metrics):
+            return False
+        self.phases.advance(self.global_step, epoch or 0.0)
+        self.accelerator.log(self.phases.event(), step=self.global_step)
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """For ``accelerator.register_for_checkpointing``: the phase and step count."""
+        return {"phase": self.phases.state_dict(), "global_step": self.global_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the phase (and its flags) and the step count."""
+        self.phases.load_state_dict(state["phase"])
+        self.global_step = state["global_step"]

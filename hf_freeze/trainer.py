@@ -1,0 +1,176 @@
+"""``FreezeTrainer``: a ``transformers.Trainer`` that follows a recipe through the whole run.
+
+- The recipe is applied in ``__init__``, before the optimizer exists and before any wrapping.
+- ``create_optimizer`` builds one optimizer over every tensor that trains in any phase (``hf_freeze.optim``).
+- Phases advance from a callback: step and epoch triggers after optimizer steps, metric triggers at the
+  evaluation that passes them. Each change is logged into ``state.log_history`` (so every ``report_to``
+  integration sees it) and keeps DDP ranks identical (``hf_freeze.grad_sync``).
+- Checkpoints and ``save_model`` write a delta (``hf_freeze.delta``) plus the phase state;
+  ``resume_from_checkpoint`` restores the phase and refuses a checkpoint of another recipe or base.
+- With activation checkpointing, a frozen prefix pays no backward (``hf_freeze.checkpointing``);
+  ``eval_frozen: true`` keeps fully frozen modules in eval mode (``hf_freeze.eval_mode``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers.trainer_callback import TrainerCallback
+
+from hf_freeze.apply import apply_plan
+from hf_freeze.checkpointing import FrozenPrefixGuard, is_checkpointing
+from hf_freeze.delta import load_delta, read_delta_config, save_delta
+from hf_freeze.errors import RecipeError
+from hf_freeze.eval_mode import FrozenEvalMode
+from hf_freeze.grad_sync import LateGradSync, world_size
+from hf_freeze.names import canonical_name
+from hf_freeze.optim import param_groups
+from hf_freeze.phases import PhaseController, phase_plans
+from hf_freeze.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+PHASE_STATE_NAME = "hf_freeze_state.json"
+
+
+class FreezeTrainer(transformers.Trainer):
+    """A ``Trainer`` that applies ``recipe`` (a name, path, dict or ``Recipe``) and keeps it correct.
+
+    Every other argument is ``transformers.Trainer``'s.
+    """
+
+    def __init__(self, model: nn.Module | None = None, *args: Any, recipe: Recipe | dict | str | None = None, **kwargs):
+        if recipe is None:
+            raise RecipeError("FreezeTrainer needs recipe= (a bundled name, a .yaml/.json path, a dict or a Recipe).")
+        if model is None:
+            raise RecipeError("FreezeTrainer needs the model itself (model_init is not supported).")
+        self.recipe = Recipe.coerce(recipe)
+        plans = phase_plans(model, self.recipe)  # every recipe error is raised here, before anything changes
+        apply_plan(model, plans[0])
+        self.phases = PhaseController(model, self.recipe, plans)
+        super().__init__(model, *args, **kwargs)
+        self._late_sync: LateGradSync | None = None
+        self._eval_mode = FrozenEvalMode(model) if self.recipe.eval_frozen else None
+        self._prefix_guard: FrozenPrefixGuard | None = None
+        self.add_callback(_PhaseCallback(self))
+
+    # ---- optimizer ----
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """One optimizer over every tensor that trains in any phase; one group per (phase, decay)."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            decay = {canonical_name(name) for name in self.get_decay_parameter_names(opt_model)}
+            groups = param_groups(
+                self.phases.plans, self.recipe, self.args.learning_rate, self.args.weight_decay, decay
+            )
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # ---- training ----
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; under DDP, find_unused_parameters defaults to False when every trainable tensor is used."""
+        if self.args.ddp_find_unused_parameters is None and world_size() > 1 and self.accelerator.ddp_handler:
+            self.accelerator.ddp_handler.find_unused_parameters = not self._every_trainable_tensor_used()
+        return super().train(*args, **kwargs)
+
+    def _every_trainable_tensor_used(self) -> bool:
+        """Probe one batch (RNG untouched): does every trainable tensor get a gradient?"""
+        trainable = [param for param in self.model.parameters() if param.requires_grad]
+        if self.train_dataset is None or not hasattr(self.train_dataset, "__getitem__") or not trainable:
+            return False
+        collate = self._get_collator_with_removed_columns(self.data_collator, "probe")
+        count = min(self.args.per_device_train_batch_size, len(self.train_dataset))
+        batch = self._prepare_inputs(collate([self.train_dataset[index] for index in range(count)]))
+        with torch.random.fork_rng(devices=[]):
+            loss = self.compute_loss(self.model, batch)
+            grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+        return all(grad is not None for grad in grads)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """``Trainer.training_step``, then (on the step that syncs) average the grads DDP does not know about."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._late_sync is not None and self.accelerator.sync_gradients:
+            self._late_sync.sync(self.model)
+        return loss
+
+    def _on_train_begin(self) -> None:
+        """After wrapping: remember what DDP registered; set up activation-checkpointing hooks."""
+        if isinstance(self.model_wrapped, nn.parallel.DistributedDataParallel):
+            self._late_sync = LateGradSync(self.model)
+        if is_checkpointing(self.model):
+            kwargs = self.args.activation_checkpointing_kwargs or {}
+            self._prefix_guard = FrozenPrefixGuard(self.model, reentrant=bool(kwargs.get("use_reentrant", False)))
+
+    def _advance_phase(self, metrics: dict[str, float] | None = None) -> bool:
+        """Enter the next phase if its trigger fires; log the event. Returns whether it changed."""
+        state = self.state
+        if not self.phases.should_advance(state.global_step, state.epoch or 0.0, metrics):
+            return False
+        self.phases.advance(state.global_step, state.epoch or 0.0)
+        if self._eval_mode is not None:
+            self._eval_mode.refresh()
+        if self._prefix_guard is not None:
+            self._prefix_guard.refresh()
+        self.log(self.phases.event())
+        return True
+
+    # ---- checkpoints ----
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write a delta (trainable tensors only) and the phase state instead of the full model."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        save_delta(self.model, output_dir, recipe=self.recipe.to_dict())
+        state = {"recipe": self.recipe.to_dict(), "phase": self.phases.state_dict()}
+        Path(output_dir, PHASE_STATE_NAME).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restore the phase and the delta; refuse a checkpoint made with another recipe or base."""
+        state_file = Path(resume_from_checkpoint, PHASE_STATE_NAME)
+        if not state_file.is_file():
+            raise RecipeError(f"{resume_from_checkpoint} is not a FreezeTrainer checkpoint (no {PHASE_STATE_NAME}).")
+        saved = json.loads(state_file.read_text(encoding="utf-8"))
+        if saved.get("recipe") != self.recipe.to_dict():
+            name = (saved.get("recipe") or {}).get("name")
+            raise RecipeError(
+                f"Checkpoint {resume_from_checkpoint} was made with recipe {name!r}, which differs from "
+                f"{self.recipe.name!r}; resume with the same recipe."
+            )
+        read_delta_config(resume_from_checkpoint)  # a clear DeltaError before any flag changes
+        self.phases.load_state_dict(saved["phase"])
+        load_delta(self.model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """With ``load_best_model_at_end``, the best checkpoint is a delta too."""
+        load_delta(self.model, self.state.best_model_checkpoint)
+
+
+class _PhaseCallback(TrainerCallback):
+    """Drives the phase controller from the Trainer's events."""
+
+    def __init__(self, trainer: FreezeTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._on_train_begin()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._advance_phase()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.trainer._advance_phase(metrics or {})
