@@ -80,7 +80,7 @@ class FreezeTrainer(transformers.Trainer):
     # ---- training ----
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer.train``; under DDP, find_unused_parameters defaults to False when every trainable tensor is used."""
+        """``Trainer.train``; under DDP, find_unused_parameters defaults to False if every trainable tensor is used."""
         if self.args.ddp_find_unused_parameters is None and world_size() > 1 and self.accelerator.ddp_handler:
             self.accelerator.ddp_handler.find_unused_parameters = not self._every_trainable_tensor_used()
         return super().train(*args, **kwargs)
