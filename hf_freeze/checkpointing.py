@@ -13,6 +13,7 @@ requires grad and autograd runs backward through every block, frozen or not (mea
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -26,9 +27,9 @@ from hf_freeze.selectors import Anatomy
 def is_checkpointing(model: nn.Module) -> bool:
     """Whether activation checkpointing is on for ``model``."""
     bare = unwrap_model(model)
-    return bool(
-        getattr(bare, "is_activation_checkpointing", False) or getattr(bare, "is_gradient_checkpointing", False)
-    )
+    if hasattr(bare, "is_activation_checkpointing"):  # transformers >= 5
+        return bool(bare.is_activation_checkpointing)
+    return bool(getattr(bare, "is_gradient_checkpointing", False))
 
 
 def _input_requires_grad(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -56,6 +57,8 @@ class FrozenPrefixGuard:
             self.model.disable_input_require_grads()
         if not self.reentrant:
             return
+        # Reentrant checkpointing warns at every frozen block that none of its inputs require grad: intended here.
+        warnings.filterwarnings("ignore", message="None of the inputs have requires_grad=True", category=UserWarning)
         for stack in Anatomy(self.model).all_stacks():
             first = next((block for block in stack if any(p.requires_grad for p in block.parameters())), None)
             if first is not None:
