@@ -196,21 +196,22 @@ def bundled_recipe_text(name: str) -> str:
     return resources.files("hf_freeze.recipes").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 
-def _load(name_or_path: str, chain: tuple[str, ...], base_dir: Path | None = None) -> Recipe:
+def _load(name_or_path: str, chain: tuple[str, ...], base_dir: Path | None = None, referrer: str = "") -> Recipe:
+    """Load by name or path; ``referrer`` is the recipe whose ``extends`` asked for it (named in errors)."""
+    where = f"{referrer}: 'extends': " if referrer else ""
     path = Path(name_or_path)
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path
     looks_like_file = path.suffix in (".yaml", ".yml", ".json") or "/" in name_or_path or "\\" in name_or_path
     if looks_like_file:
         if not path.is_file():
-            raise RecipeError(f"Recipe file {str(path)!r} does not exist.")
+            raise RecipeError(f"{where}recipe file {str(path)!r} does not exist.")
         text = path.read_text(encoding="utf-8")
         data = _parse_text(text, "json" if path.suffix == ".json" else "yaml", str(path))
         return _from_data(data, source=str(path), base_dir=path.parent, chain=chain)
     if name_or_path not in bundled_recipe_names():
-        raise RecipeError(
-            f"Unknown recipe {name_or_path!r}: give a .yaml/.json path or one of {', '.join(bundled_recipe_names())}."
-        )
+        names = ", ".join(bundled_recipe_names())
+        raise RecipeError(f"{where}unknown recipe {name_or_path!r}; give a .yaml/.json path or one of {names}.")
     data = _parse_text(bundled_recipe_text(name_or_path), "yaml", name_or_path)
     return _from_data(data, source=name_or_path, base_dir=None, chain=chain)
 
@@ -235,7 +236,7 @@ def _from_data(data: Any, source: str, base_dir: Path | None, chain: tuple[str, 
     extends = data.get("extends")
     if extends is not None:
         _typed(extends, str, source, "extends")
-        parent = _load(extends, chain=(*chain, source), base_dir=base_dir)
+        parent = _load(extends, chain=(*chain, source), base_dir=base_dir, referrer=source)
     raw_rules = data.get("rules", [] if parent is not None else None)
     if raw_rules is None:
         raise RecipeError(f"{source}: the recipe has no 'rules'; add at least one rule.")
