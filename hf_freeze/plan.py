@@ -256,7 +256,7 @@ def _walk(model: nn.Module, anatomy: Anatomy) -> list[dict[str, Any]]:
             "parent": parent,
             "group": name if id(module) in block_ids else (parent["group"] if parent else None),
         }
-        if entry["group"] is None and name:
+        if entry["group"] is None and name and name != base_prefix:  # the body itself is not a block
             depth = base_prefix.count(".") + 2 if base_prefix and name.startswith(base_prefix + ".") else 1
             entry["group"] = ".".join(name.split(".")[:depth]) if name.count(".") + 1 >= depth else None
         by_path[path] = entry
