@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from transformers.trainer_callback import TrainerCallback
 
 from hf_freeze.apply import apply_plan
 from hf_freeze.checkpointing import FrozenPrefixGuard, is_checkpointing
-from hf_freeze.delta import load_delta, read_delta_config, save_delta
+from hf_freeze.delta import CONFIG_NAME, load_delta, read_delta_config, save_delta
 from hf_freeze.errors import RecipeError
 from hf_freeze.eval_mode import FrozenEvalMode
 from hf_freeze.grad_sync import LateGradSync, world_size
@@ -133,7 +135,7 @@ class FreezeTrainer(transformers.Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
-        save_delta(self.model, output_dir, recipe=self.recipe.to_dict())
+        save_delta_into(self.model, output_dir, recipe=self.recipe.to_dict())
         state = {"recipe": self.recipe.to_dict(), "phase": self.phases.state_dict()}
         Path(output_dir, PHASE_STATE_NAME).write_text(json.dumps(state, indent=2), encoding="utf-8")
         if self.processing_class is not None:
@@ -158,6 +160,28 @@ class FreezeTrainer(transformers.Trainer):
     def _load_best_model(self) -> None:
         """With ``load_best_model_at_end``, the best checkpoint is a delta too."""
         load_delta(self.model, self.state.best_model_checkpoint)
+
+
+def save_delta_into(model: nn.Module, folder: str | os.PathLike, **kwargs: Any) -> None:
+    """``save_delta`` into a folder that other writers share, without replacing the folder.
+
+    A Trainer checkpoint folder also receives the optimizer, the trainer state and every rank's RNG state
+    (other ranks may create it first), and ``save_model()`` writes into ``output_dir`` next to the
+    checkpoints; ``save_delta`` alone would refuse such a folder or swap it out whole. The delta is written
+    complete next to ``folder``, then its files are moved in (each move atomic, ``delta_config.json`` last,
+    so a reader never sees a config listing files that are not there yet); stale delta files go last.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.delta-") as tmp:
+        written = save_delta(model, Path(tmp, "delta"), **kwargs)
+        files = sorted(written.iterdir(), key=lambda file: file.name == CONFIG_NAME)
+        names = {file.name for file in files}
+        stale = [file for file in folder.glob("delta*.safetensors*") if file.name not in names]
+        for file in files:
+            os.replace(file, folder / file.name)
+        for file in stale:
+            file.unlink()
 
 
 class _PhaseCallback(TrainerCallback):
