@@ -125,7 +125,9 @@ class FreezeTrainer(transformers.Trainer):
             self._eval_mode.refresh()
         if self._prefix_guard is not None:
             self._prefix_guard.refresh()
+        should_log = self.control.should_log  # Trainer.log resets it: keep this step's own training log
         self.log(self.phases.event())
+        self.control.should_log = should_log
         return True
 
     # ---- checkpoints ----
