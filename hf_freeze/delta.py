@@ -345,14 +345,14 @@ def read_delta_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise DeltaError(f"{file} does not hold a JSON object; save the delta again.")
     for field, types in _FIELDS.items():
-        _field(config, field, types, file)
+        _require_field(config, field, types, file)
     _check_version(config["format_version"], file)
     _check_entries(config, file)
     return config
 
 
-def _field(config: dict[str, Any], field: str, types: tuple[type, ...], file: Path) -> Any:
-    """The value of the dotted ``field`` of ``config``, which must exist and have one of ``types``."""
+def _require_field(config: dict[str, Any], field: str, types: tuple[type, ...], file: Path) -> None:
+    """The dotted ``field`` of ``config`` must exist and have one of ``types``."""
     value: Any = config
     for key in field.split("."):
         if not isinstance(value, dict) or key not in value:
@@ -361,7 +361,6 @@ def _field(config: dict[str, Any], field: str, types: tuple[type, ...], file: Pa
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
         raise DeltaError(f"{file} has a field '{field}' that is not {expected}; save the delta again with save_delta.")
-    return value
 
 
 def _check_version(version: int, file: Path) -> None:
@@ -378,11 +377,7 @@ def _check_entries(config: dict[str, Any], file: Path) -> None:
     """Tensor specs, alias and file entries: well-formed, with safe names."""
     for name, spec in config["tensors"].items():
         _check_tensor_name(name, file)
-        shape = spec.get("shape") if isinstance(spec, dict) else None
-        dtype = spec.get("dtype") if isinstance(spec, dict) else None
-        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)) or not (
-            isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)
-        ):
+        if not _valid_spec(spec):
             raise DeltaError(f"{file} records no valid dtype and shape for tensor '{name}'; save the delta again.")
     for alias, name in config["aliases"].items():
         _check_tensor_name(alias, file)
@@ -396,6 +391,15 @@ def _check_entries(config: dict[str, Any], file: Path) -> None:
             or not isinstance(record.get("sha256"), str)
         ):
             raise DeltaError(f"{file} records no valid size and sha256 for {filename}; save the delta again.")
+
+
+def _valid_spec(spec: Any) -> bool:
+    """``{"dtype": a torch dtype name, "shape": a list of non-negative ints}``."""
+    if not isinstance(spec, dict):
+        return False
+    shape, dtype = spec.get("shape"), spec.get("dtype")
+    valid_shape = isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+    return valid_shape and isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)
 
 
 def _check_tensor_name(name: Any, where: Path) -> None:
