@@ -267,9 +267,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 def atomic_directory(target: Path, *, marker: str) -> Iterator[Path]:
     """Yield a new temporary folder next to ``target``; when the block succeeds it replaces ``target``.
 
-    The swap is two renames on one file system, so ``target`` is always the complete old or the complete new
-    folder; if the block raises, the temporary folder is removed and ``target`` is untouched. An existing
-    ``target`` must be empty or an earlier output (holding ``marker``), so no unrelated folder is replaced.
+    If the block raises (or the process dies in it), ``target`` is untouched and the temporary folder is
+    removed (or left as a hidden ``.NAME.tmp-*`` sibling). The swap is two renames on one file system; only a
+    kill between them leaves the old folder under a hidden ``.NAME.old-*`` name. An existing ``target`` must
+    be empty or an earlier output (holding ``marker``), so no unrelated folder is replaced.
     """
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / marker).is_file()):
         raise DeltaError(

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from hf_freeze.errors import DeltaError
 from hf_freeze.names import canonical_name, named_tensors
 
 SAMPLE_ELEMENTS = 4096
@@ -106,6 +107,11 @@ def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name]
+        if tensor.is_meta:
+            raise DeltaError(
+                f"Tensor '{name}' is on the meta device (not loaded, or offloaded), so the base fingerprint cannot "
+                "be computed; load the base weights fully, or pass force=True to skip the base check."
+            )
         header = json.dumps([name, str(tensor.dtype), list(tensor.shape)])
         digest.update(header.encode())
         digest.update(tensor_sample(tensor))

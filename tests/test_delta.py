@@ -323,6 +323,13 @@ def test_fingerprint_cost_does_not_grow_with_tensor_size():
     assert result["tensors"] == 1
 
 
+def test_fingerprint_refuses_meta_tensors():
+    with torch.device("meta"):
+        model = torch.nn.Linear(2, 2)
+    with pytest.raises(DeltaError, match="Tensor 'bias' is on the meta device"):
+        fingerprint(model)
+
+
 def test_fingerprint_of_a_fully_trained_model_covers_nothing():
     model = tiny_model("bert")
     everything = [name for name, _ in model.named_parameters()]
