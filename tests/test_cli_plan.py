@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_packaging import BUNDLED
 
 from hf_freeze.cli import main
 
@@ -145,14 +146,7 @@ def test_recipes_lists_all_six_with_descriptions(capsys: pytest.CaptureFixture[s
     out = run_cli(capsys, "recipes")
     files = sorted((REPO / "recipes").glob("*.yaml"))
     expected = {path.stem: yaml.safe_load(path.read_text())["description"] for path in files}
-    assert set(expected) == {
-        "freeze_encoder",
-        "freeze_embeddings",
-        "train_head_only",
-        "freeze_dense_kernels",
-        "train_top_blocks",
-        "gradual_unfreeze",
-    }
+    assert set(expected) == BUNDLED
     lines = out.splitlines()
     assert len(lines) == 6
     for line in lines:
