@@ -472,20 +472,22 @@ def _check_base(model: torch.nn.Module, config: dict[str, Any], folder: Path) ->
         fields = sorted(key for key in recorded.keys() | live.keys() if recorded.get(key) != live.get(key))
         raise DeltaError(
             f"Delta {folder} was made for another base: the model's config differs in "
-            f"{', '.join(fields[:5]) or 'its hash'}; load it onto {where}, or pass force=True."
+            f"{', '.join(fields[:5]) or 'its hash'}; load it onto {where}, or pass force=True (merge --force) "
+            "to load it anyway."
         )
     recorded_print = config["fingerprint"]
     if recorded_print["algorithm"] != ALGORITHM:
         raise DeltaError(
             f"Delta {folder} has a base fingerprint of kind {recorded_print['algorithm']!r}, which hf_freeze "
-            f"{__version__} cannot compute; upgrade hf_freeze, or pass force=True."
+            f"{__version__} cannot compute; upgrade hf_freeze, or pass force=True (merge --force) to load it "
+            "anyway."
         )
     live_print = fingerprint(model, exclude=config["tensors"])
     if live_print["digest"] != recorded_print["digest"]:
         raise DeltaError(
             f"Delta {folder} was made for another base: the fingerprint of the model's "
             f"{live_print['tensors']} frozen tensors differs from that of {where}; load the same base "
-            "weights in the same dtype, or pass force=True."
+            "weights in the same dtype, or pass force=True (merge --force) to load it anyway."
         )
 
 

@@ -13,14 +13,18 @@ from hf_freeze.fingerprint import state_tensors
 
 
 def merge_deltas(
-    base_model: torch.nn.Module, deltas: Sequence[str | Path], weights: Sequence[float] | None = None
+    base_model: torch.nn.Module,
+    deltas: Sequence[str | Path],
+    weights: Sequence[float] | None = None,
+    *,
+    force: bool = False,
 ) -> torch.nn.Module:
     """Set each tensor of ``base_model`` that a delta holds to ``base + Σ wᵢ·(deltaᵢ − base)``; return the model.
 
     Sums run over the deltas that hold the tensor; ``weights`` default to 1 each, and a tensor held by one
     delta with weight 1 is that delta's tensor exactly. Every delta is verified against the unchanged base
-    (as :func:`~hf_freeze.delta.load_delta` does) before anything is written; arithmetic runs in float64
-    (integer buffers are rounded back), the model keeps its dtypes.
+    as :func:`~hf_freeze.delta.load_delta` does (``force=True`` skips the base check) before anything is
+    written. Arithmetic runs in float64 (integer buffers are rounded back); the model keeps its dtypes.
     """
     weights = [1.0] * len(deltas) if weights is None else [float(w) for w in weights]
     if not deltas or len(weights) != len(deltas):
@@ -28,7 +32,7 @@ def merge_deltas(
             f"merge got {len(deltas)} deltas and {len(weights)} weights; give at least one delta and one "
             "weight per delta."
         )
-    read = [read_delta(base_model, path) for path in deltas]
+    read = [read_delta(base_model, path, force=force) for path in deltas]
     entries = state_tensors(base_model)
     merged: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_merge import BERT, make_delta, save_base
 
 from hf_freeze.commands.delta import register
@@ -101,3 +102,12 @@ def test_merge_refuses_weight_count_mismatch(base, head, tmp_path):
     with pytest.raises(DeltaError, match="merge got 1 deltas and 2 weights"):
         run("merge", "--base", base, "--delta", head, "--weights", "1,1", "--out", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_merge_force_bakes_a_delta_into_another_base(other_base, head, tmp_path):
+    with pytest.raises(DeltaError, match=r"another base.*or pass force=True \(merge --force\)"):
+        run("merge", "--base", other_base, "--delta", head, "--out", tmp_path / "refused")
+    assert run("merge", "--base", other_base, "--delta", head, "--out", tmp_path / "forced", "--force") == 0
+    merged = BERT.from_pretrained(tmp_path / "forced")
+    assert torch.equal(merged.classifier.weight, load_file(head / "delta.safetensors")["classifier.weight"])
+    assert torch.equal(merged.bert.pooler.dense.weight, BERT.from_pretrained(other_base).bert.pooler.dense.weight)

@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--delta", required=True, action="append", help="delta folder (repeat to merge several)")
     merge.add_argument("--weights", type=_weights, help="comma-separated weight per delta, e.g. 0.5,0.5")
     merge.add_argument("--out", required=True, help="output folder (written atomically)")
+    merge.add_argument("--force", action="store_true", help="merge even onto another base (skip the base check)")
     merge.set_defaults(handler=run_merge)
 
 
@@ -101,7 +102,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     """Merge the deltas into the base at ``--base`` and write ``--out`` as a save_pretrained folder."""
     model = build_base(read_delta_config(args.delta[0]), args.base)
-    merge_deltas(model, args.delta, args.weights)
+    merge_deltas(model, args.delta, args.weights, force=args.force)
     save_merged(model, args.out)
     print(f"Merged {len(args.delta)} delta(s) into {args.base}; wrote {args.out}.")
     return 0
