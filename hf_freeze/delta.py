@@ -221,7 +221,7 @@ def _delta_config(
 def _base_record(bare: torch.nn.Module, base_model: str | None) -> dict[str, Any]:
     """What identifies the base: name, revision, model class, full config (to rebuild the head) and its hash."""
     config = getattr(bare, "config", None)
-    config_dict = config.to_dict() if config is not None else {}
+    config_dict = _config_dict(bare)
     return {
         "name_or_path": base_model or getattr(config, "_name_or_path", "") or "",
         "revision": getattr(config, "_commit_hash", None),
