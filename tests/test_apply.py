@@ -199,3 +199,19 @@ def test_peft_wrapped_model_uses_canonical_names() -> None:
     assert not before[wrapped] and flags(peft_model)[wrapped]
     assert "rule 2" in planned.explain(wrapped)
     assert planned.decision(wrapped).name == "bert.encoder.layer.2.attention.self.query.bias"
+
+
+def test_torch_compile_wrapper_uses_canonical_names() -> None:
+    """Under ``torch.compile`` (not run, so nothing compiles) selectors resolve and names lose ``_orig_mod.``."""
+    model = tiny_model("bert")
+    planned = apply_recipe(torch.compile(model), "freeze_encoder")
+    assert planned.trainable == [
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ]
+    assert {name for name, param in model.named_parameters() if param.requires_grad} == set(planned.trainable)
+    assert planned.explain("_orig_mod.bert.encoder.layer.1.output.dense.bias").startswith(
+        "bert.encoder.layer.1.output.dense.bias: frozen by freeze_encoder, rule 2"
+    )
