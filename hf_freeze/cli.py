@@ -9,7 +9,7 @@ import sys
 from hf_freeze.errors import DeltaError, RecipeError, UsageError
 from hf_freeze.version import __version__
 
-COMMAND_MODULES = ("hf_freeze.commands.recipes", "hf_freeze.commands.plan")
+COMMAND_MODULES = ("hf_freeze.commands.recipes", "hf_freeze.commands.plan", "hf_freeze.commands.delta")
 
 
 class _Parser(argparse.ArgumentParser):
