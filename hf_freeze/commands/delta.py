@@ -14,16 +14,16 @@ from hf_freeze.merge import merge_deltas, save_merged
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``inspect``, ``verify`` and ``merge`` to the ``hf-freeze`` subcommands."""
-    inspect = subparsers.add_parser("inspect", help="Show a delta's base, recipe, tensors and sizes.")
+    inspect = subparsers.add_parser("inspect", help="show a delta's base, recipe, tensors and sizes")
     inspect.add_argument("delta", help="delta folder written by save_delta")
     inspect.set_defaults(handler=run_inspect)
 
-    verify = subparsers.add_parser("verify", help="Check that a delta loads onto a base model.")
+    verify = subparsers.add_parser("verify", help="check that a delta loads onto a base model")
     verify.add_argument("delta", help="delta folder written by save_delta")
     verify.add_argument("--base", required=True, help="base model folder or hub id")
     verify.set_defaults(handler=run_verify)
 
-    merge = subparsers.add_parser("merge", help="Bake deltas into a base and save a save_pretrained folder.")
+    merge = subparsers.add_parser("merge", help="bake deltas into a base and save a save_pretrained folder")
     merge.add_argument("--base", required=True, help="base model folder or hub id")
     merge.add_argument("--delta", required=True, action="append", help="delta folder (repeat to merge several)")
     merge.add_argument("--weights", type=_weights, help="comma-separated weight per delta, e.g. 0.5,0.5")
