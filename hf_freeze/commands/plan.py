@@ -6,7 +6,8 @@ import argparse
 import json
 
 from hf_freeze.modeling import TASK_CLASSES, build_empty_model, load_config
-from hf_freeze.plan import plan
+from hf_freeze.phases import phase_plans
+from hf_freeze.recipe import Recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
     """Build the model without weights, plan the recipe, print the table or JSON."""
     overrides = {} if args.num_labels is None else {"num_labels": args.num_labels}
     config = load_config(model=args.model, config_file=args.config, **overrides)
-    planned = plan(build_empty_model(config, task=args.task), args.recipe, phase=args.phase)
+    recipe = Recipe.load(args.recipe)
+    recipe.rules_for_phase(args.phase)  # an unknown phase is reported before the model is built
+    # Every phase is planned, as a training run would: a phase that does not fit the model is found now.
+    planned = phase_plans(build_empty_model(config, task=args.task), recipe)[args.phase]
     explanations = [planned.explain(name) for name in args.explain]
     if args.json:
         data = planned.to_dict()
