@@ -111,6 +111,18 @@ class _BackwardProbe:
         return hook
 
 
+def _train_checkpointed(tmp_path, model, tokenizer, recipe: str, reentrant: bool) -> None:
+    """Two steps of FreezeTrainer with activation checkpointing on."""
+    args = _args(
+        tmp_path,
+        max_steps=2,
+        learning_rate=1e-2,
+        activation_checkpointing=True,
+        activation_checkpointing_kwargs={"use_reentrant": reentrant},
+    )
+    FreezeTrainer(model=model, args=args, recipe=recipe, train_dataset=sentence_dataset(tokenizer, "train")).train()
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointing_with_frozen_body_runs_no_backward_through_frozen_blocks(
     tmp_path, minilm_path, tokenizer, reentrant
@@ -118,19 +130,7 @@ def test_checkpointing_with_frozen_body_runs_no_backward_through_frozen_blocks(
     model = _model(minilm_path)
     probe = _BackwardProbe(model)
     head_before = model.classifier.weight.detach().clone()
-    trainer = FreezeTrainer(
-        model=model,
-        args=_args(
-            tmp_path,
-            max_steps=2,
-            learning_rate=1e-2,
-            activation_checkpointing=True,
-            activation_checkpointing_kwargs={"use_reentrant": reentrant},
-        ),
-        recipe="train_head_only",
-        train_dataset=sentence_dataset(tokenizer, "train"),
-    )
-    trainer.train()
+    _train_checkpointed(tmp_path, model, tokenizer, "train_head_only", reentrant)
     assert probe.calls == {}
     assert not torch.equal(model.classifier.weight, head_before)
 
@@ -139,19 +139,7 @@ def test_reentrant_checkpointing_still_trains_the_top_blocks(tmp_path, minilm_pa
     model = _model(minilm_path)
     probe = _BackwardProbe(model)
     top_before = model.bert.encoder.layer[5].output.dense.weight.detach().clone()
-    trainer = FreezeTrainer(
-        model=model,
-        args=_args(
-            tmp_path,
-            max_steps=2,
-            learning_rate=1e-2,
-            activation_checkpointing=True,
-            activation_checkpointing_kwargs={"use_reentrant": True},
-        ),
-        recipe="train_top_blocks",
-        train_dataset=sentence_dataset(tokenizer, "train"),
-    )
-    trainer.train()
+    _train_checkpointed(tmp_path, model, tokenizer, "train_top_blocks", reentrant=True)
     assert set(probe.calls) == {4, 5}
     assert not torch.equal(model.bert.encoder.layer[5].output.dense.weight, top_before)
 
