@@ -14,7 +14,7 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +34,15 @@ from hf_freeze.errors import DeltaError
 from hf_freeze.fingerprint import (
     ALGORITHM,
     base_config,
+    base_samples,
     config_hash,
     fingerprint,
+    recorded_state_tensors,
     state_tensors,
     unique_tensors,
 )
 from hf_freeze.names import unwrap_model
+from hf_freeze.sharding import is_sharded
 from hf_freeze.version import __version__
 
 FORMAT_VERSION = 1
@@ -93,6 +96,8 @@ def save_delta(
     recipe: Mapping[str, Any] | None = None,
     max_shard_size: int | str = "5GB",
     base_model: str | None = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the tensors of ``model`` that trained into the delta folder ``path``, atomically; return it.
 
@@ -102,17 +107,25 @@ def save_delta(
     ``torch.compile``) save the same delta as bare ones. ``recipe`` defaults to the recipe applied to
     ``model``; ``base_model`` overrides the base name recorded from ``model.config._name_or_path``. A previous
     delta at ``path`` stays intact until the new one is complete.
+
+    A sharded model holds no tensor whole on any rank: :func:`hf_freeze.fsdp.save_sharded_delta` gathers the
+    delta and passes it as ``tensors`` (full values by canonical name, each tensor once) with ``aliases``
+    (tied alias to stored name); given, they are the delta as it is.
     """
     bare = unwrap_model(model)
-    entries = state_tensors(model)
-    names = _delta_names(model, entries, _base_checkpoint_keys(bare, entries))
-    if not names:
+    if tensors is None:
+        entries = state_tensors(model)
+        names = _delta_names(model, entries, _base_checkpoint_keys(bare, entries))
+        tensors = {name: entries[name] for name in names}
+        stored = {id(entries[name]): name for name in names}
+        aliases = {name: stored[id(t)] for name, t in entries.items() if id(t) in stored and stored[id(t)] != name}
+    if not tensors:
         raise DeltaError(
             f"Nothing in the {type(bare).__name__} is trainable, so a delta at {path} would be empty; "
             "apply a recipe (or set requires_grad) before saving."
         )
-    tensors = {name: _cpu_copy(entries[name]) for name in names}
-    config = _delta_config(model, bare, entries, tensors, recipe, base_model)
+    tensors = {name: _cpu_copy(tensor) for name, tensor in tensors.items()}
+    config = _delta_config(model, bare, tensors, dict(aliases or {}), recipe, base_model)
     target = Path(path)
     with atomic_directory(target, marker=CONFIG_NAME) as tmp:
         config["files"] = _write_tensors(tmp, tensors, max_shard_size)
@@ -133,6 +146,32 @@ def _delta_names(model: torch.nn.Module, entries: dict[str, torch.Tensor], base_
     return list(dict.fromkeys(chosen))
 
 
+def sharded_delta_names(model: torch.nn.Module, trainable: Iterable[str]) -> list[str]:
+    """The tensors :func:`save_delta` would choose for a sharded model whose trainable parameters are ``trainable``.
+
+    The same choice as for a whole model (trainable parameters, persistent buffers of modules with a trainable
+    parameter of their own, tensors the base lacks), made from the names recorded before sharding
+    (:func:`hf_freeze.fingerprint.record_base_samples`), since a sharded model's own names and flags can be
+    those of its engine (FSDP1's flat parameters). ``trainable`` are canonical names, any alias.
+    """
+    entries = recorded_state_tensors(model)
+    first = base_samples(model)["aliases"]
+    chosen = list(dict.fromkeys(first[name] for name in trainable if name in first))
+    trained = set(chosen)
+    modules = {alias.rpartition(".")[0] for alias, name in first.items() if name in trained}
+    unique = [name for alias, name in first.items() if alias == name]
+    chosen += [
+        name
+        for name in unique
+        if not isinstance(entries[name], torch.nn.Parameter) and name.rpartition(".")[0] in modules
+    ]
+    base_keys = _base_checkpoint_keys(unwrap_model(model), entries)
+    if base_keys is not None:
+        in_base = {first[key] for key in base_keys if key in first}
+        chosen += [name for name in unique if name not in in_base]
+    return list(dict.fromkeys(chosen))
+
+
 def _trained_module_buffers(model: torch.nn.Module) -> Iterator[torch.Tensor]:
     """Persistent buffers of modules that have a trainable parameter of their own."""
     for module in model.modules():
@@ -142,8 +181,10 @@ def _trained_module_buffers(model: torch.nn.Module) -> Iterator[torch.Tensor]:
                     yield buffer
 
 
-def _base_checkpoint_keys(bare: torch.nn.Module, entries: dict[str, torch.Tensor]) -> set[str] | None:
+def _base_checkpoint_keys(bare: torch.nn.Module, entries: Mapping[str, Any]) -> set[str] | None:
     """Canonical names of the tensors the base checkpoint holds (headers only), or None if it is not at hand.
+
+    ``entries`` are the model's canonical tensor names (any mapping keyed by them).
 
     Checkpoint keys go through transformers' own renamings (legacy names, fused MoE experts) and its
     ``base_model_prefix`` rule, so a ``BertModel`` checkpoint's ``embeddings.x`` matches ``bert.embeddings.x``.
@@ -198,14 +239,13 @@ def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
 def _delta_config(
     model: torch.nn.Module,
     bare: torch.nn.Module,
-    entries: dict[str, torch.Tensor],
     tensors: dict[str, torch.Tensor],
+    aliases: dict[str, str],
     recipe: Mapping[str, Any] | None,
     base_model: str | None,
 ) -> dict[str, Any]:
     """The JSON metadata of a delta, without its file list."""
     applied = applied_recipe(model) or {}
-    stored = {id(entries[name]): name for name in tensors}
     return {
         "format_version": FORMAT_VERSION,
         "hf_freeze_version": __version__,
@@ -214,7 +254,7 @@ def _delta_config(
         "recipe": dict(recipe) if recipe is not None else applied.get("recipe"),
         "phase": applied.get("phase"),
         "tensors": {name: {"dtype": dtype_name(t.dtype), "shape": list(t.shape)} for name, t in tensors.items()},
-        "aliases": {name: stored[id(t)] for name, t in entries.items() if id(t) in stored and stored[id(t)] != name},
+        "aliases": aliases,
     }
 
 
@@ -426,12 +466,13 @@ def read_delta(model: torch.nn.Module, path: str | Path, *, force: bool = False)
 
     Checks, in order: the config; that every tensor and alias is a parameter or persistent buffer of ``model``
     with the recorded shape and dtype; the base (config hash and fingerprint; skipped with ``force=True``);
-    each file's size and SHA-256; the safetensors headers and contents against the config.
+    each file's size and SHA-256; the safetensors headers and contents against the config. A sharded model is
+    checked against what was recorded of it before sharding (:func:`hf_freeze.fingerprint.record_base_samples`).
     """
     folder = Path(path)
     config = read_delta_config(folder)
     file = folder / CONFIG_NAME
-    entries = state_tensors(model)
+    entries = recorded_state_tensors(model) if is_sharded(model) else state_tensors(model)
     _check_against_model(config, entries, type(unwrap_model(model)).__name__, file)
     if not force:
         _check_base(model, config, folder)
