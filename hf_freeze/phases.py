@@ -12,6 +12,7 @@ The controller changes no optimizer and knows nothing of distributed training: `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,11 +60,18 @@ class PhaseState:
 class PhaseController:
     """Tracks the current phase and switches ``requires_grad`` when a phase's trigger fires."""
 
-    def __init__(self, model: nn.Module, recipe: Recipe, plans: list[Plan] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        plans: list[Plan] | None = None,
+        apply: Callable[[nn.Module, Plan], Plan] = apply_plan,
+    ):
         self.model = model
         self.recipe = recipe
         self.plans = plans if plans is not None else phase_plans(model, recipe)
         self.state = PhaseState()
+        self.apply = apply  # sets a phase's flags; sharded models need their engine's (hf_freeze.fsdp.apply_phase)
 
     @property
     def phase(self) -> int:
@@ -119,7 +127,7 @@ class PhaseController:
         if self.is_last:
             raise RuntimeError("advance() called in the last phase")
         self.state = PhaseState(phase=self.state.phase + 1, start_step=step, start_epoch=epoch)
-        return apply_plan(self.model, self.plan)
+        return self.apply(self.model, self.plan)
 
     def event(self) -> dict[str, Any]:
         """A log record of the current phase: its index, name and trainable counts."""
@@ -146,7 +154,7 @@ class PhaseController:
         if not isinstance(phase, int) or not 0 <= phase < len(self.plans):
             raise RecipeError(f"Saved phase {phase!r} does not exist in recipe {self.recipe.name!r}.")
         self.state = PhaseState(**state)
-        return apply_plan(self.model, self.plan)
+        return self.apply(self.model, self.plan)
 
 
 def _metric(metrics: dict[str, float], name: str | None) -> float | None:
