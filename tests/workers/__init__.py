@@ -1,0 +1,1 @@
+"""Scripts that tests run as real processes (``accelerate launch`` with two ranks, or plain Python)."""
