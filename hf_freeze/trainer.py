@@ -82,23 +82,47 @@ class FreezeTrainer(transformers.Trainer):
     # ---- training ----
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer.train``; under DDP, find_unused_parameters defaults to False if every trainable tensor is used."""
-        if self.args.ddp_find_unused_parameters is None and world_size() > 1 and self.accelerator.ddp_handler:
-            self.accelerator.ddp_handler.find_unused_parameters = not self._every_trainable_tensor_used()
+        """``Trainer.train``, with two DDP defaults decided on one probe batch (RNG untouched).
+
+        - ``find_unused_parameters`` is False when every trainable tensor gets a gradient (unless set).
+        - A model whose loss is a plain mean (it ignores ``num_items_in_batch``, e.g. sequence classification)
+          is not scaled by the world size under ``average_tokens_across_devices``: the Trainer assumes a
+          token-sum loss there, which doubles every gradient on two ranks.
+        """
+        batch = self._probe_batch() if world_size() > 1 else None
+        if batch is not None:
+            if self.args.ddp_find_unused_parameters is None and self.accelerator.ddp_handler:
+                self.accelerator.ddp_handler.find_unused_parameters = not self._every_trainable_tensor_used(batch)
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                self.model_accepts_loss_kwargs = self._loss_uses_num_items(batch)
         return super().train(*args, **kwargs)
 
-    def _every_trainable_tensor_used(self) -> bool:
-        """Probe one batch (RNG untouched): does every trainable tensor get a gradient?"""
-        trainable = [param for param in self.model.parameters() if param.requires_grad]
-        if self.train_dataset is None or not hasattr(self.train_dataset, "__getitem__") or not trainable:
-            return False
+    def _probe_batch(self) -> dict[str, Any] | None:
+        """The first training batch of this rank's size, collated as the Trainer would, or None."""
+        if self.train_dataset is None or not hasattr(self.train_dataset, "__getitem__"):
+            return None
         collate = self._get_collator_with_removed_columns(self.data_collator, "probe")
         count = min(self.args.per_device_train_batch_size, len(self.train_dataset))
-        batch = self._prepare_inputs(collate([self.train_dataset[index] for index in range(count)]))
+        return self._prepare_inputs(collate([self.train_dataset[index] for index in range(count)]))
+
+    def _every_trainable_tensor_used(self, batch: dict[str, Any]) -> bool:
+        """Does every trainable tensor get a gradient from ``batch``?"""
+        trainable = [param for param in self.model.parameters() if param.requires_grad]
         with torch.random.fork_rng(devices=[]):
             loss = self.compute_loss(self.model, batch)
             grads = torch.autograd.grad(loss, trainable, allow_unused=True)
         return all(grad is not None for grad in grads)
+
+    @torch.no_grad()
+    def _loss_uses_num_items(self, batch: dict[str, Any]) -> bool:
+        """Does the model's loss change with ``num_items_in_batch`` (a token-sum loss) or not (a mean)?"""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            losses = [self.compute_loss(self.model, batch, num_items_in_batch=torch.tensor(n)) for n in (1, 2)]
+        finally:
+            self.model.train(was_training)
+        return not torch.equal(losses[0], losses[1])
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         """``Trainer.training_step``, then (on the step that syncs) average the grads DDP does not know about."""

@@ -74,10 +74,8 @@ def training_args(output_dir: str | Path, batch_size: int, max_steps: int, save_
         disable_tqdm=True,
         seed=0,
         data_seed=0,
-        # The sequence-classification loss is a per-rank mean that ignores num_items_in_batch; with the default
-        # True, Trainer still multiplies it by the world size, and DDP ranks train on twice the gradient of one
-        # process on the combined batch (transformers 5.25).
-        average_tokens_across_devices=False,
+        # average_tokens_across_devices stays at its default (True): under two ranks FreezeTrainer finds that
+        # the classification loss ignores num_items_in_batch and does not let Trainer double the gradients.
     )
 
 
