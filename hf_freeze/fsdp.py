@@ -47,12 +47,13 @@ import torch.distributed as dist
 from torch import nn
 
 from hf_freeze.apply import apply_plan
-from hf_freeze.delta import read_delta, save_delta, sharded_delta_names
+from hf_freeze.delta import load_delta, read_delta, save_delta, sharded_delta_names
 from hf_freeze.errors import DeltaError, RecipeError
 from hf_freeze.fingerprint import base_samples, record_base_samples
 from hf_freeze.fsdp1 import apply_plan_to_units, flat_param_groups, flat_units, uses_flat_parameters
 from hf_freeze.names import canonical_name, named_tensors
 from hf_freeze.optim import param_groups
+from hf_freeze.phases import PhaseController
 from hf_freeze.plan import Plan
 from hf_freeze.recipe import Recipe
 from hf_freeze.selectors import Anatomy
@@ -91,6 +92,20 @@ def apply_phase(model: nn.Module, planned: Plan) -> Plan:
     if engine == "fsdp2":
         refresh_unit_dtypes(model)
     return planned
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """Whether FSDP1 or FSDP2 shards ``model``."""
+    return sharding_engine(model) in ("fsdp1", "fsdp2")
+
+
+def adopt_sharded_model(phases: PhaseController, model: nn.Module) -> None:
+    """Once FSDP has wrapped ``model``: ``phases`` sets flags on it through :func:`apply_phase`, and its plans
+    drop the whole tensors from before sharding (:func:`release_tensors`). Idempotent; nothing if not FSDP."""
+    if is_fsdp(model) and phases.apply is not apply_phase:
+        phases.model = model
+        phases.apply = apply_phase
+        phases.plans = release_tensors(phases.plans)
 
 
 def refresh_unit_dtypes(model: nn.Module) -> None:
@@ -250,6 +265,11 @@ def load_sharded_delta(model: nn.Module, path: str | Path, *, force: bool = Fals
         with FullyShardedDataParallel.state_dict_type(model, StateDictType.FULL_STATE_DICT):
             model.load_state_dict(shared[0], strict=False)
     return model
+
+
+def load_delta_into(model: nn.Module, path: str | Path, *, force: bool = False) -> nn.Module:
+    """:func:`load_sharded_delta` for an FSDP model (a collective), :func:`hf_freeze.delta.load_delta` otherwise."""
+    return load_sharded_delta(model, path, force=force) if is_fsdp(model) else load_delta(model, path, force=force)
 
 
 def _state_dict_keys(model: nn.Module) -> dict[str, str]:
