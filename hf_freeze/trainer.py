@@ -27,12 +27,21 @@ from transformers.trainer_callback import TrainerCallback
 
 from hf_freeze.apply import apply_plan
 from hf_freeze.checkpointing import FrozenPrefixGuard, is_checkpointing
-from hf_freeze.delta import CONFIG_NAME, load_delta, read_delta_config, save_delta
+from hf_freeze.delta import CONFIG_NAME, read_delta_config, save_delta
 from hf_freeze.errors import RecipeError
 from hf_freeze.eval_mode import FrozenEvalMode
+from hf_freeze.fingerprint import record_base_samples
+from hf_freeze.fsdp import (
+    adopt_sharded_model,
+    delta_of,
+    gather_trainable,
+    is_fsdp,
+    load_delta_into,
+    on_rank0,
+    optimizer_groups,
+)
 from hf_freeze.grad_sync import LateGradSync, world_size
 from hf_freeze.names import canonical_name
-from hf_freeze.optim import param_groups
 from hf_freeze.phases import PhaseController, phase_plans
 from hf_freeze.recipe import Recipe
 
@@ -55,6 +64,7 @@ class FreezeTrainer(transformers.Trainer):
         self.recipe = Recipe.coerce(recipe)
         plans = phase_plans(model, self.recipe)  # every recipe error is raised here, before anything changes
         apply_plan(model, plans[0])
+        record_base_samples(model)  # a delta saved once FSDP or ZeRO-3 shards the model needs its base samples
         self.phases = PhaseController(model, self.recipe, plans)
         super().__init__(model, *args, **kwargs)
         self._late_sync: LateGradSync | None = None
@@ -69,8 +79,8 @@ class FreezeTrainer(transformers.Trainer):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             decay = {canonical_name(name) for name in self.get_decay_parameter_names(opt_model)}
-            groups = param_groups(
-                self.phases.plans, self.recipe, self.args.learning_rate, self.args.weight_decay, decay
+            groups = optimizer_groups(  # FSDP1 wraps before this: its flat parameters, or the tensors by name
+                opt_model, self.phases.plans, self.recipe, self.args.learning_rate, self.args.weight_decay, decay
             )
             if self.optimizer_cls_and_kwargs is not None:
                 optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
@@ -133,6 +143,7 @@ class FreezeTrainer(transformers.Trainer):
 
     def _on_train_begin(self) -> None:
         """After wrapping: remember what DDP registered; set up activation-checkpointing hooks."""
+        adopt_sharded_model(self.phases, self.model)  # FSDP: phases through the engine, plans without tensors
         if isinstance(self.model_wrapped, nn.parallel.DistributedDataParallel):
             self._late_sync = LateGradSync(self.model)
         if is_checkpointing(self.model):
@@ -156,12 +167,22 @@ class FreezeTrainer(transformers.Trainer):
 
     # ---- checkpoints ----
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write a delta (trainable tensors only) and the phase state instead of the full model."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP every rank gathers what trains (no frozen weight) and rank 0 writes the delta."""
+        if not is_fsdp(self.model):
+            return super().save_model(output_dir, _internal_call)
+        gathered = gather_trainable(self.model)
+        on_rank0(lambda: self._save(output_dir, delta=delta_of(self.model, gathered)))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None, delta: dict | None = None) -> None:
+        """Write a delta (trainable tensors only) and the phase state instead of the full model.
+
+        ``delta``: the gathered ``tensors`` and ``aliases`` of a sharded model (``save_model``).
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
-        save_delta_into(self.model, output_dir, recipe=self.recipe.to_dict())
+        save_delta_into(self.model, output_dir, recipe=self.recipe.to_dict(), **(delta or {}))
         state = {"recipe": self.recipe.to_dict(), "phase": self.phases.state_dict()}
         Path(output_dir, PHASE_STATE_NAME).write_text(json.dumps(state, indent=2), encoding="utf-8")
         if self.processing_class is not None:
@@ -180,12 +201,14 @@ class FreezeTrainer(transformers.Trainer):
                 f"{self.recipe.name!r}; resume with the same recipe."
             )
         read_delta_config(resume_from_checkpoint)  # a clear DeltaError before any flag changes
+        target = self.model if model is None else model
+        adopt_sharded_model(self.phases, target)  # under FSDP this runs after wrapping, before on_train_begin
         self.phases.load_state_dict(saved["phase"])
-        load_delta(self.model if model is None else model, resume_from_checkpoint)
+        load_delta_into(target, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         """With ``load_best_model_at_end``, the best checkpoint is a delta too."""
-        load_delta(self.model, self.state.best_model_checkpoint)
+        load_delta_into(self.model, self.state.best_model_checkpoint)
 
 
 def save_delta_into(model: nn.Module, folder: str | os.PathLike, **kwargs: Any) -> None:
