@@ -19,14 +19,19 @@ phase, as ``FreezeTrainer``'s does.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 from hf_freeze.apply import apply_plan
+from hf_freeze.delta import save_delta
+from hf_freeze.fingerprint import record_base_samples
+from hf_freeze.fsdp import adopt_sharded_model, is_fsdp, optimizer_groups, save_sharded_delta
 from hf_freeze.grad_sync import LateGradSync
 from hf_freeze.names import canonical_name
 from hf_freeze.optim import param_groups
@@ -59,19 +64,47 @@ class FreezeController:
         self.recipe = Recipe.coerce(recipe)
         plans = phase_plans(model, self.recipe)
         apply_plan(model, plans[0])
+        record_base_samples(model)  # a delta saved once FSDP or ZeRO-3 shards the model needs its base samples
         self.phases = PhaseController(model, self.recipe, plans)
         self.model = model
-        groups = param_groups(plans, self.recipe, lr, weight_decay, decay_parameter_names(model))
+        self._group_args = (lr, weight_decay, decay_parameter_names(model))
+        groups = param_groups(plans, self.recipe, *self._group_args)
+        self._optimizer_args = (optimizer_cls, {"lr": lr, **optimizer_kwargs})
         self.optimizer = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
         self.global_step = 0
         self._late_sync: LateGradSync | None = None
 
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
-        """``accelerator.prepare(model, optimizer, *objects)``; returns them prepared, in that order."""
-        prepared = self.accelerator.prepare(self.model, self.optimizer, *objects)
+        """``accelerator.prepare(model, optimizer, *objects)``; returns them prepared, in that order.
+
+        Under FSDP1 the model is wrapped first and the optimizer rebuilt over what the wrapped model holds
+        (Accelerate does not remap an optimizer onto FSDP1's flat parameters); under FSDP, phases then set flags
+        through the engine (``hf_freeze.fsdp.adopt_sharded_model``).
+        """
+        if self.accelerator.distributed_type == DistributedType.FSDP and not self.accelerator.is_fsdp2:
+            model = self.accelerator.prepare(self.model)
+            groups = optimizer_groups(model, self.phases.plans, self.recipe, *self._group_args)
+            optimizer_cls, optimizer_kwargs = self._optimizer_args
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            rest = self.accelerator.prepare(self.optimizer, *objects)
+            prepared = (model, *(rest if objects else (rest,)))
+        else:
+            prepared = self.accelerator.prepare(self.model, self.optimizer, *objects)
         if isinstance(prepared[0], nn.parallel.DistributedDataParallel):
             self._late_sync = LateGradSync(self.model)
+        adopt_sharded_model(self.phases, prepared[0])
         return prepared
+
+    def save_delta(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write the delta of what trained; call it on every rank. Under FSDP every rank gathers what trains and
+        rank 0 writes (``hf_freeze.fsdp.save_sharded_delta``); otherwise the main process writes."""
+        model = self.phases.model
+        if is_fsdp(model):
+            return save_sharded_delta(model, path, recipe=self.recipe.to_dict(), **kwargs)
+        if self.accelerator.is_main_process:
+            save_delta(self.accelerator.unwrap_model(model), path, recipe=self.recipe.to_dict(), **kwargs)
+        self.accelerator.wait_for_everyone()
+        return Path(path)
 
     @property
     def phase(self) -> int:
