@@ -63,7 +63,7 @@ def memory_report(model: nn.Module, optimizer: Any | None = None) -> str:
 
     def against(measured: str, limit: str) -> str:
         over = stats[measured] - stats[limit]
-        verdict = "at the limit" if over <= 0 else f"{human_bytes(over)} over"
+        verdict = "within it" if over <= 0 else f"{human_bytes(over)} over"
         return f"{human_bytes(stats[measured])} (trainable-only limit {human_bytes(stats[limit])}, {verdict})"
 
     return (

@@ -179,7 +179,7 @@ def test_memory_report_at_the_limit_with_the_recipe_optimizer() -> None:
     assert stats["optimizer_state_bytes"] == stats["optimizer_state_limit_bytes"] == 2 * classifier
     report = memory_report(model, optimizer)
     assert report.startswith("memory on rank 0 of 1 (none): parameters ")
-    assert report.count("at the limit") == 2
+    assert report.count("within it") == 2
 
 
 def test_memory_report_shows_optimizer_state_for_frozen_tensors() -> None:
@@ -193,7 +193,7 @@ def test_memory_report_shows_optimizer_state_for_frozen_tensors() -> None:
 
 
 def test_memory_report_without_an_optimizer() -> None:
-    assert "optimizer state 0 B (trainable-only limit 0 B, at the limit)" in memory_report(tiny_bert())
+    assert "optimizer state 0 B (trainable-only limit 0 B, within it)" in memory_report(tiny_bert())
 
 
 def test_lint_on_a_meta_model_needs_no_weights(bert_config: str) -> None:
