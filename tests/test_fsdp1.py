@@ -7,18 +7,17 @@ loop (``workers.fsdp2_train.train(sharded=False)``), the same model, recipe, bat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from launch import WORKERS, launch_two_processes, rank_outputs
 from safetensors.torch import load_file
 from test_ddp import NOISE_ONLY
-from workers.common import RESULT, rank_dir
+from workers.common import rank_dir
 from workers.ddp_train import RECIPE, SWITCH_STEP, tiny_bert, trainable_names
 from workers.fsdp2_train import train
+from workers.fsdp_common import launch_worker, read_results
 
 from hf_freeze.delta import load_delta
 from hf_freeze.fsdp1 import planned_units, trainable_units, trainable_wrap_policy
@@ -32,14 +31,12 @@ LAYER_TENSORS = 16  # per BERT layer: 6 dense (weight, bias) + 2 LayerNorms (wei
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fsdp1")
-    rank_outputs(launch_two_processes(WORKERS / "fsdp1_train.py", "--out", str(out)), out, RESULT)
-    return out
+    return launch_worker("fsdp1_train.py", tmp_path_factory.mktemp("fsdp1"))
 
 
 @pytest.fixture(scope="module")
 def results(run: Path) -> list[dict[str, Any]]:
-    return [json.loads((rank_dir(run, rank) / RESULT).read_text()) for rank in RANKS]
+    return read_results(run)
 
 
 @pytest.fixture(scope="module")

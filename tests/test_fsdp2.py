@@ -7,18 +7,17 @@ sharding, against the same loop in this process on the combined batches.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from launch import WORKERS, launch_two_processes, rank_outputs
 from safetensors.torch import load_file
 from test_ddp import NOISE_ONLY
-from workers.common import RESULT, rank_dir
+from workers.common import rank_dir
 from workers.ddp_train import SWITCH_STEP, tiny_bert, trainable_names
 from workers.fsdp2_train import PROBE, train
+from workers.fsdp_common import launch_worker, read_results
 
 from hf_freeze.delta import load_delta, read_delta_config
 
@@ -31,14 +30,12 @@ PADDING_SLACK = 1024
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fsdp2")
-    rank_outputs(launch_two_processes(WORKERS / "fsdp2_train.py", "--out", str(out)), out, RESULT)
-    return out
+    return launch_worker("fsdp2_train.py", tmp_path_factory.mktemp("fsdp2"))
 
 
 @pytest.fixture(scope="module")
 def results(run: Path) -> list[dict[str, Any]]:
-    return [json.loads((rank_dir(run, rank) / RESULT).read_text()) for rank in RANKS]
+    return read_results(run)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
-from launch import WORKERS, launch_two_processes, rank_outputs
 from safetensors.torch import load_file
 from test_ddp import NOISE_ONLY
 from trainer_runs import one_process_run
-from workers.common import RESULT, rank_dir, read_parameters
+from workers.common import rank_dir, read_parameters
 from workers.ddp_train import tiny_bert, trainable_names
+from workers.fsdp_common import launch_worker, read_results
 
 from hf_freeze.delta import load_delta
 
@@ -30,14 +30,12 @@ RUNS = ("trainer", "controller", "controller_fsdp1")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fsdp_accelerate")
-    rank_outputs(launch_two_processes(WORKERS / "fsdp_accelerate.py", "--out", str(out)), out, RESULT)
-    return out
+    return launch_worker("fsdp_accelerate.py", tmp_path_factory.mktemp("fsdp_accelerate"))
 
 
 @pytest.fixture(scope="module")
 def results(run: Path) -> list[dict[str, Any]]:
-    return [json.loads((rank_dir(run, rank) / RESULT).read_text()) for rank in (0, 1)]
+    return read_results(run)
 
 
 def close_except_noise(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

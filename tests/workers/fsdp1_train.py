@@ -62,15 +62,8 @@ def train(*, policy: bool, use_orig_params: bool) -> tuple[nn.Module, dict[str, 
     wrapped = wrap(model, policy=policy, use_orig_params=use_orig_params)
     optimizer = torch.optim.AdamW(optimizer_groups(wrapped, plans, recipe, LEARNING_RATE, 0.0))
     phases = PhaseController(wrapped, recipe, release_tensors(plans), apply=apply_phase)
-    switched: list[int] = []
-
-    def on_step_end(step: int) -> None:
-        if phases.should_advance(step, 0.0):
-            phases.advance(step, 0.0)
-            switched.append(step)
-
     data = batches(BATCH, STEPS, rank, world_size)
-    losses = train_loop(wrapped, optimizer, data, on_step_end)
+    losses, switched = train_loop(wrapped, optimizer, data, phases)
     units = [names for _, names, _ in flat_units(wrapped)]
     memory = memory_with_gradients(wrapped, optimizer, data[0])
     return wrapped, {"losses": losses, "switched": switched, "memory": memory, "units": units}

@@ -86,14 +86,7 @@ def train(
         phases = PhaseController(model, recipe_, plans)
     del plans
     gc.collect()
-    switched: list[int] = []
-
-    def on_step_end(step: int) -> None:
-        if phases.should_advance(step, 0.0):
-            phases.advance(step, 0.0)
-            switched.append(step)
-
-    losses = train_loop(model, optimizer, batches(BATCH, steps, rank, world_size), on_step_end)
+    losses, switched = train_loop(model, optimizer, batches(BATCH, steps, rank, world_size), phases)
     facts = {"losses": losses, "switched": switched, "phase": phases.phase, "freed": before_sharding() is None}
     return model, optimizer, facts
 

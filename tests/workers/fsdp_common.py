@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from launch import WORKERS, launch_two_processes, rank_outputs
 from safetensors.torch import save_file
 from tiny import random_text_dataset
 from torch import nn
@@ -26,6 +26,7 @@ from torch import nn
 from hf_freeze.fsdp import cpu_offload_works
 from hf_freeze.memory import memory_stats
 from hf_freeze.names import canonical_name
+from hf_freeze.phases import PhaseController
 from workers.common import RESULT, rank_dir
 
 ROWS = 64
@@ -63,13 +64,11 @@ def clip_gradients(model: nn.Module) -> None:
 
 
 def train_loop(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: list[dict[str, torch.Tensor]],
-    on_step_end: Callable[[int], Any],
-) -> list[float]:
-    """Forward, backward, clip, step, free grads; ``on_step_end(step)`` after each step. Returns the losses."""
-    losses = []
+    model: nn.Module, optimizer: torch.optim.Optimizer, data: list[dict[str, torch.Tensor]], phases: PhaseController
+) -> tuple[list[float], list[int]]:
+    """Forward, backward, clip, step, free grads, advance ``phases`` when due; returns the losses and the steps
+    after which the phase changed."""
+    losses, switched = [], []
     for step, batch in enumerate(data, start=1):
         loss = model(**batch).loss
         loss.backward()
@@ -77,8 +76,10 @@ def train_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        on_step_end(step)
-    return losses
+        if phases.should_advance(step, 0.0):
+            phases.advance(step, 0.0)
+            switched.append(step)
+    return losses, switched
 
 
 def memory_with_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +109,18 @@ def write_tensors(out: str | os.PathLike, rank: int, name: str, tensors: dict[st
         folder = rank_dir(out, rank)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({key: value.contiguous() for key, value in tensors.items()}, str(folder / f"{name}.safetensors"))
+
+
+def launch_worker(script: str, out: Path) -> Path:
+    """Run ``tests/workers/{script} --out OUT`` on two ranks; returns ``out`` once both wrote ``result.json``
+    (raises with the run's output otherwise)."""
+    rank_outputs(launch_two_processes(WORKERS / script, "--out", str(out)), out, RESULT)
+    return out
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """Every rank's ``result.json``."""
+    return [json.loads((rank_dir(out, rank) / RESULT).read_text()) for rank in range(2)]
 
 
 def write_rank_result(out: str | os.PathLike, rank: int, world_size: int, **extra: Any) -> None:
