@@ -205,11 +205,6 @@ def recorded_state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {alias: stand_ins[name] for alias, name in recorded["aliases"].items()}
 
 
-def has_base_samples(model: torch.nn.Module) -> bool:
-    """Whether :func:`record_base_samples` ran on ``model`` (or on the bare model under its wrappers)."""
-    return hasattr(unwrap_model(model), _RECORD_ATTR)
-
-
 def _recorded_fingerprint(model: torch.nn.Module, exclude: Iterable[str]) -> dict[str, Any]:
     """The fingerprint of a sharded model from its recorded samples, leaving out ``exclude`` (any alias)."""
     recorded = base_samples(model)
