@@ -11,10 +11,13 @@ for batch in train_dl:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     freeze.step()                                # or freeze.step(metrics) after an evaluation
+freeze.save_delta("out/delta")                   # on every rank: under FSDP they gather, rank 0 writes
 ```
 
 The recipe is applied when the controller is built; the optimizer covers every tensor that trains in any
-phase, as ``FreezeTrainer``'s does.
+phase, as ``FreezeTrainer``'s does. Under FSDP (Accelerate's FSDP1 or FSDP2 plugin) ``prepare`` takes the
+sharded path: phases set flags through ``hf_freeze.fsdp.apply_phase``, and FSDP1 gets its optimizer over the
+wrapped model's flat parameters.
 """
 
 from __future__ import annotations
