@@ -43,7 +43,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hf_freeze.accelerate import decay_parameter_names
 from hf_freeze.apply import apply_plan
 from hf_freeze.delta import save_delta
 from hf_freeze.errors import RecipeError
@@ -52,7 +51,7 @@ from hf_freeze.fsdp import delta_of, on_rank0
 from hf_freeze.grad_sync import world_size
 from hf_freeze.memory import local_bytes
 from hf_freeze.names import named_tensors
-from hf_freeze.optim import optimizer_state_bytes, param_groups
+from hf_freeze.optim import decay_parameter_names, optimizer_state_bytes, param_groups
 from hf_freeze.phases import PhaseController, phase_plans
 from hf_freeze.plan import OPTIMIZER_STATE_COPIES, Plan
 from hf_freeze.recipe import Recipe
@@ -177,10 +176,16 @@ def _late_unfreeze_message(planned: Plan, late: list[str], when: str) -> str:
     )
 
 
+def check_next_phase(model: Any, phases: PhaseController) -> None:
+    """:func:`check_phase_change` for the phase after ``phases``' current one when ``model`` is a DeepSpeed engine;
+    nothing otherwise (another engine, or no next phase). FreezeTrainer and FreezeController call it first."""
+    if is_deepspeed_engine(model) and not phases.is_last:
+        check_phase_change(model, phases.plans[phases.phase + 1])
+
+
 def advance_phase(engine: Any, phases: PhaseController, step: int, epoch: float = 0.0) -> Plan:
     """``phases.advance(step, epoch)`` after :func:`check_phase_change` accepts the next phase."""
-    if not phases.is_last:
-        check_phase_change(engine, phases.plans[phases.phase + 1])
+    check_next_phase(engine, phases)
     return phases.advance(step, epoch)
 
 

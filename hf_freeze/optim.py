@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import transformers
+from torch import nn
+
+from hf_freeze.names import canonical_name
 from hf_freeze.phases import first_trainable_phase
 from hf_freeze.plan import Plan
 from hf_freeze.recipe import Recipe
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Canonical names that get weight decay under the Trainer's rule (not biases, not norms)."""
+    # The Trainer's rule does not depend on the Trainer instance; reuse it rather than restate it.
+    return {canonical_name(name) for name in transformers.Trainer.get_decay_parameter_names(None, model)}
 
 
 def param_groups(
