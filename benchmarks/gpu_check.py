@@ -3,10 +3,11 @@
     python benchmarks/gpu_check.py prepare --out DIR                 # base model, recipes, launch configs
     accelerate launch --config_file DIR/fsdp2.yaml benchmarks/gpu_check.py train --engine fsdp2 --out DIR
     accelerate launch --config_file DIR/deepspeed.yaml benchmarks/gpu_check.py train --engine deepspeed --out DIR
+    (the same for --engine deepspeed-resume, then --engine deepspeed-late)
     python benchmarks/gpu_check.py check --engine fsdp2 --out DIR     # PASS/FAIL lines; exit 1 on a FAIL
     python benchmarks/gpu_check.py record --summary DIR/summary.txt  # into benchmarks/results.md
 
-The base is a small seeded BERT classifier (4 layers, hidden 128) saved with ``save_pretrained`` into
+The base is a small seeded BERT classifier (4 layers, hidden 128, no dropout) saved with ``save_pretrained`` into
 ``DIR/base``, so deltas record it as their base and ``load_model_with_delta`` rebuilds it. The model is
 loaded before ``TrainingArguments`` exist, so ZeRO-3 does not partition it at load time and FreezeTrainer
 records its base samples whole.
@@ -14,9 +15,14 @@ records its base samples whole.
 - ``fsdp2``: the recipe trains the head, then also the top block from step ``SWITCH_STEP`` (a unit frozen at
   its first forward is unfrozen after sharding, under bf16 mixed precision). ``trainer.save_model`` writes the
   delta (every rank gathers what trains, rank 0 writes).
-- ``deepspeed``: ZeRO-3 in fp32; a phase that unfreezes after the engine exists is refused by design
-  (``hf_freeze.deepspeed``), so the recipe trains the head and the top block from the start. The delta is
-  written by ``hf_freeze.deepspeed.export_delta`` (ZeRO-3 partitions gathered, rank 0 writes).
+- ``deepspeed``: ZeRO-3 in fp32, FreezeTrainer's DeepSpeed path: its ``create_optimizer`` (called by
+  transformers' ``deepspeed_init``) builds the current phase's groups; the recipe trains the head and the top
+  block from the start. Checkpoints every ``SAVE_STEPS`` steps leave frozen tensors out of the engine's
+  checkpoint; ``trainer.save_model`` writes the delta on every rank (ZeRO-3 partitions gathered, rank 0 writes).
+- ``deepspeed-resume``: resumes the ``deepspeed`` run from its first checkpoint (phase state first, then the
+  engine's trainable-only checkpoint loaded non-strictly) and must end where that run ended.
+- ``deepspeed-late``: the phased recipe of ``fsdp2``; the engine holds only the head, so the phase change at
+  ``SWITCH_STEP`` must stop the run with ``hf_freeze.deepspeed``'s one-sentence ``RecipeError``.
 
 After training, rank 0 also writes every parameter, gathered (``final.safetensors``), so the check can
 compare frozen weights bitwise with the base, trained ones with the delta. Every rank prints its memory line.
@@ -38,6 +44,7 @@ from hf_freeze.delta import load_model_with_delta, read_delta_config
 
 SWITCH_STEP = 4
 MAX_STEPS = 10
+SAVE_STEPS = 5
 ROWS = 160
 RECIPES: dict[str, dict[str, Any]] = {
     "fsdp2": {
@@ -55,7 +62,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "rules": [{"select": "@head", "trainable": True}, {"select": "@blocks[-1:]", "trainable": True}],
     },
 }
-FINAL_PHASE = {"fsdp2": 1, "deepspeed": 0}
+RECIPES["deepspeed-resume"] = RECIPES["deepspeed"]
+RECIPES["deepspeed-late"] = RECIPES["fsdp2"]
+FINAL_PHASE = {"fsdp2": 1, "deepspeed": 0, "deepspeed-resume": 0}
 FSDP2_CONFIG = """\
 compute_environment: LOCAL_MACHINE
 distributed_type: FSDP
@@ -105,7 +114,13 @@ def prepare(out: Path, processes: int) -> None:
     """The base model, the accelerate configs and the DeepSpeed JSON under ``out``."""
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256, num_labels=2
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=256,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,  # a resumed run can match bit for bit
     )
     transformers.BertForSequenceClassification(config).save_pretrained(out / "base")
     (out / "deepspeed.json").write_text(json.dumps(DEEPSPEED_JSON, indent=2))
@@ -129,6 +144,7 @@ def train(out: Path, engine: str) -> None:
     """FreezeTrainer under the launched engine; writes the delta and (rank 0) every final parameter."""
     from hf_freeze import FreezeTrainer
 
+    deepspeed = engine.startswith("deepspeed")
     model = transformers.BertForSequenceClassification.from_pretrained(out / "base")  # before TrainingArguments
     folder = out / engine
     args = transformers.TrainingArguments(
@@ -138,23 +154,22 @@ def train(out: Path, engine: str) -> None:
         learning_rate=1e-3,
         max_grad_norm=1.0,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if engine == "deepspeed" else "no",
+        save_steps=SAVE_STEPS,
         report_to="none",
         seed=0,
         bf16=engine == "fsdp2" and torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # a dry run of this script without a GPU
-        deepspeed=str(out / "deepspeed.json") if engine == "deepspeed" else None,
+        deepspeed=str(out / "deepspeed.json") if deepspeed else None,
     )
     data = dataset(model.config.vocab_size)
     trainer = FreezeTrainer(model=model, args=args, recipe=RECIPES[engine], train_dataset=data)
-    trainer.train()
+    if engine == "deepspeed-late":
+        return train_until_refused(trainer, folder)
+    resume = out / "deepspeed" / "run" / f"checkpoint-{SAVE_STEPS}" if engine == "deepspeed-resume" else None
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     print(f"phase {trainer.phases.phase}; {memory_line(trainer, engine)}", flush=True)
-    if engine == "deepspeed":
-        from hf_freeze.deepspeed import export_delta
-
-        export_delta(trainer.model_wrapped, folder / "delta", recipe=trainer.recipe.to_dict())
-    else:
-        trainer.save_model(str(folder / "delta"))
+    trainer.save_model(str(folder / "delta"))  # every rank: FSDP and ZeRO-3 gather what trains, rank 0 writes
     final = gathered_parameters(trainer, engine)
     if trainer.args.process_index == 0:
         from safetensors.torch import save_file
@@ -163,9 +178,25 @@ def train(out: Path, engine: str) -> None:
         (folder / "train.json").write_text(json.dumps({"phase": trainer.phases.phase}))
 
 
+def train_until_refused(trainer: Any, folder: Path) -> None:
+    """Train until the phase change stops the run; rank 0 writes the error and the step into ``refusal.json``."""
+    from hf_freeze import RecipeError
+
+    try:
+        trainer.train()
+        message = None
+    except RecipeError as error:
+        message = str(error)
+    if trainer.args.process_index == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"message": message, "step": trainer.state.global_step, "phase": trainer.phases.phase}
+        (folder / "refusal.json").write_text(json.dumps(state))
+    print(f"refusal at step {trainer.state.global_step}: {message}", flush=True)
+
+
 def memory_line(trainer: Any, engine: str) -> str:
     """This rank's memory against the trainable-only limit (hf_freeze.memory, or the DeepSpeed helper's)."""
-    if engine == "deepspeed":
+    if engine.startswith("deepspeed"):
         from hf_freeze.deepspeed import memory_stats
 
         return f"memory {memory_stats(trainer.model_wrapped)}"
@@ -177,7 +208,7 @@ def memory_line(trainer: Any, engine: str) -> str:
 def gathered_parameters(trainer: Any, engine: str) -> dict[str, torch.Tensor]:
     """Every parameter, whole, on rank 0 (a collective; a check only: it gathers frozen weights too)."""
     model = trainer.model
-    if engine == "deepspeed":
+    if engine.startswith("deepspeed"):
         import deepspeed
 
         params = dict(trainer.model_wrapped.module.named_parameters())
@@ -202,7 +233,7 @@ def check(out: Path, engine: str) -> bool:
         print(f"{'PASS' if ok else 'FAIL'} {engine}: {text}", flush=True)
 
     try:
-        _checks(out, engine, folder, verdict)
+        (_refusal_checks if engine == "deepspeed-late" else _checks)(out, engine, folder, verdict)
     except Exception as error:  # a missing file or a refused delta is a FAIL line, not a traceback
         verdict(False, f"{type(error).__name__}: {error}")
     return bool(results) and all(ok for ok, _ in results)
@@ -229,6 +260,30 @@ def _checks(out: Path, engine: str, folder: Path, verdict: Any) -> None:
     loaded_params = dict(loaded.named_parameters())
     same = all(torch.equal(loaded_params[name].detach().cpu(), final[name]) for name in final)
     verdict(same, "base + delta equals the trained model, every tensor")
+    if engine == "deepspeed":
+        _checkpoint_checks(folder / "run" / f"checkpoint-{SAVE_STEPS}", expected, verdict)
+    if engine == "deepspeed-resume":
+        first = load_file(out / "deepspeed" / "final.safetensors")
+        close = all(torch.allclose(final[name], first[name], rtol=0, atol=1e-5) for name in first)
+        verdict(close, f"resumed from checkpoint-{SAVE_STEPS}, it ends where the uninterrupted run ended")
+
+
+def _checkpoint_checks(checkpoint: Path, expected: set[str], verdict: Any) -> None:
+    """A FreezeTrainer DeepSpeed checkpoint: phase state and delta, and engine files without frozen tensors."""
+    files = sorted(checkpoint.glob("global_step*/*model_states.pt"))
+    ok = (checkpoint / "hf_freeze_state.json").is_file() and (checkpoint / "delta_config.json").is_file()
+    verdict(ok and bool(files), f"{checkpoint.name} holds the phase state, the delta and {len(files)} engine file(s)")
+    modules = [set(torch.load(file, map_location="cpu", weights_only=False)["module"]) for file in files]
+    verdict(all(module == expected for module in modules), "the engine checkpoint holds the trained tensors only")
+
+
+def _refusal_checks(out: Path, engine: str, folder: Path, verdict: Any) -> None:
+    """The phased recipe under DeepSpeed stopped at its phase change with the one-sentence RecipeError."""
+    state = json.loads((folder / "refusal.json").read_text())
+    message = state["message"] or ""
+    verdict(state["step"] == SWITCH_STEP and state["phase"] == 0, f"stopped at step {state['step']}, in phase 0")
+    expected = ("phase 1 (top): unfreezes", "after the DeepSpeed ZeRO-3 engine was built", "initialize(..., phase=1)")
+    verdict(all(part in message for part in expected) and "\n" not in message, f"refused: {message[:90]}...")
 
 
 def record(summary: Path) -> None:
