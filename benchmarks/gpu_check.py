@@ -143,6 +143,7 @@ def dataset(vocab: int) -> Any:
 def train(out: Path, engine: str) -> None:
     """FreezeTrainer under the launched engine; writes the delta and (rank 0) every final parameter."""
     from hf_freeze import FreezeTrainer
+    from hf_freeze.memory import MemoryReportCallback
 
     deepspeed = engine.startswith("deepspeed")
     model = transformers.BertForSequenceClassification.from_pretrained(out / "base")  # before TrainingArguments
@@ -164,11 +165,12 @@ def train(out: Path, engine: str) -> None:
     )
     data = dataset(model.config.vocab_size)
     trainer = FreezeTrainer(model=model, args=args, recipe=RECIPES[engine], train_dataset=data)
+    trainer.add_callback(MemoryReportCallback(trainer))  # as scripts/train.py: each rank's memory at step 2
     if engine == "deepspeed-late":
         return train_until_refused(trainer, folder)
     resume = out / "deepspeed" / "run" / f"checkpoint-{SAVE_STEPS}" if engine == "deepspeed-resume" else None
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    print(f"phase {trainer.phases.phase}; {memory_line(trainer, engine)}", flush=True)
+    print(f"phase {trainer.phases.phase}", flush=True)
     trainer.save_model(str(folder / "delta"))  # every rank: FSDP and ZeRO-3 gather what trains, rank 0 writes
     final = gathered_parameters(trainer, engine)
     if trainer.args.process_index == 0:
@@ -192,17 +194,6 @@ def train_until_refused(trainer: Any, folder: Path) -> None:
         state = {"message": message, "step": trainer.state.global_step, "phase": trainer.phases.phase}
         (folder / "refusal.json").write_text(json.dumps(state))
     print(f"refusal at step {trainer.state.global_step}: {message}", flush=True)
-
-
-def memory_line(trainer: Any, engine: str) -> str:
-    """This rank's memory against the trainable-only limit (hf_freeze.memory, or the DeepSpeed helper's)."""
-    if engine.startswith("deepspeed"):
-        from hf_freeze.deepspeed import memory_stats
-
-        return f"memory {memory_stats(trainer.model_wrapped)}"
-    from hf_freeze.memory import memory_report
-
-    return memory_report(trainer.model, trainer.optimizer)
 
 
 def gathered_parameters(trainer: Any, engine: str) -> dict[str, torch.Tensor]:

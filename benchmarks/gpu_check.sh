@@ -53,7 +53,7 @@ step prepare python benchmarks/gpu_check.py prepare --out "$OUT" --processes "$G
 
 if step fsdp2-train accelerate launch --config_file "$OUT/fsdp2.yaml" \
         benchmarks/gpu_check.py train --engine fsdp2 --out "$OUT"; then
-    grep -h "memory on rank" "$OUT/fsdp2-train.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+    grep -h "^phase\|memory on rank" "$OUT/fsdp2-train.log" | sed 's/^/    /' | tee -a "$SUMMARY"
     check fsdp2
 fi
 
@@ -62,7 +62,7 @@ fi
 if python -c "import deepspeed" > /dev/null 2>&1; then
     if step deepspeed-train accelerate launch --config_file "$OUT/deepspeed.yaml" \
             benchmarks/gpu_check.py train --engine deepspeed --out "$OUT"; then
-        grep -h "^phase" "$OUT/deepspeed-train.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+        grep -h "^phase\|memory on rank" "$OUT/deepspeed-train.log" | sed 's/^/    /' | tee -a "$SUMMARY"
         check deepspeed
         if step deepspeed-resume accelerate launch --config_file "$OUT/deepspeed.yaml" \
                 benchmarks/gpu_check.py train --engine deepspeed-resume --out "$OUT"; then

@@ -12,8 +12,9 @@ gradient figure far above its limit means frozen parameters pay gradient memory 
 trainable and frozen parameters); an optimizer-state figure above its limit means state for tensors that do
 not train. Gradients are counted as they are at the call: after ``zero_grad(set_to_none=True)`` there are none.
 
-``memory_report(model, optimizer)`` is the line ``scripts/train.py`` prints per rank; ``memory_stats`` gives
-the figures.
+``memory_report(model, optimizer)`` is one rank's line, ``memory_stats`` gives the figures, and
+``MemoryReportCallback`` prints the line on every rank of a Trainer run once, when gradients and optimizer state
+both exist (``scripts/train.py`` adds it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from transformers import TrainerCallback
 
 from hf_freeze.fsdp1 import flat_units
 from hf_freeze.plan import OPTIMIZER_STATE_COPIES
@@ -34,9 +36,14 @@ from hf_freeze.sharding import sharding_engine
 def memory_stats(model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:
     """This rank's figures: ``parameter_bytes``, ``gradient_bytes``, ``optimizer_state_bytes``,
     ``trainable_bytes`` (whole tensors, all ranks together), the limits ``gradient_limit_bytes`` (the part of
-    the trainable tensors this rank holds) and ``optimizer_state_limit_bytes``, ``engine``, ``rank`` and
-    ``world_size``."""
-    engine = sharding_engine(model)
+    the trainable tensors this rank holds) and ``optimizer_state_limit_bytes``, ``engine`` (``fsdp1``,
+    ``fsdp2``, ``deepspeed``, ``ddp`` or ``none``), ``rank`` and ``world_size``. A DeepSpeed
+    engine is measured where ZeRO keeps its buffers (:func:`hf_freeze.deepspeed.memory_stats`)."""
+    from hf_freeze import deepspeed  # imports DeepSpeed itself only for an engine
+
+    if deepspeed.is_deepspeed_engine(model):
+        return deepspeed.memory_stats(model)
+    engine = sharding_engine(model) or ("ddp" if isinstance(model, nn.parallel.DistributedDataParallel) else "none")
     distributed = dist.is_available() and dist.is_initialized()
     world_size = dist.get_world_size() if distributed else 1
     units = list(flat_units(model))
@@ -45,7 +52,7 @@ def memory_stats(model: nn.Module, optimizer: Any | None = None) -> dict[str, An
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps one
     copies = OPTIMIZER_STATE_COPIES.get(type(optimizer).__name__.lower(), 2) if optimizer is not None else 0
     return {
-        "engine": engine or "none",
+        "engine": engine,
         "rank": dist.get_rank() if distributed else 0,
         "world_size": world_size,
         "parameter_bytes": local_bytes(list(model.parameters()) + [flat for flat, _, _ in units]),
@@ -72,6 +79,21 @@ def memory_report(model: nn.Module, optimizer: Any | None = None) -> str:
         f"gradients {against('gradient_bytes', 'gradient_limit_bytes')}; "
         f"optimizer state {against('optimizer_state_bytes', 'optimizer_state_limit_bytes')}"
     )
+
+
+class MemoryReportCallback(TrainerCallback):
+    """Prints :func:`memory_report` on every rank once, just before the second optimizer step (after its
+    backward, before ``zero_grad``; the first step has created the optimizer state). The line is kept in
+    ``report``. Works under every engine the Trainer wraps with: it measures ``trainer.model_wrapped``."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self.report: str | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.report = memory_report(self.trainer.model_wrapped, self.trainer.optimizer)
+            print(self.report, flush=True)
 
 
 def local_bytes(tensors: Iterable[torch.Tensor | None]) -> int:

@@ -43,6 +43,7 @@ from transformers import (
 
 from hf_freeze import FreezeTrainer, Recipe
 from hf_freeze.errors import DeltaError, RecipeError, UsageError
+from hf_freeze.memory import MemoryReportCallback
 from hf_freeze.modeling import build_empty_model, load_config
 from hf_freeze.phases import phase_plans
 from hf_freeze.report import human_bytes
@@ -443,7 +444,6 @@ def prepare(argv: list[str]) -> Job:
     tokenizer = load_tokenizer(model_args)
     transformers.set_seed(training_args.seed)  # a new task head starts from the run's seed
     model = load_model(model_args, tokenizer, names)
-    summary = phase_plans(model, recipe)[0].summary()
     with training_args.main_process_first(desc="tokenizing"):
         data = tokenize(raw, tokenizer, data_args, names, block_size(model, data_args.max_length))
     trainer = FreezeTrainer(
@@ -456,6 +456,8 @@ def prepare(argv: list[str]) -> Job:
         data_collator=collator(tokenizer, names),
         compute_metrics=accuracy if names is not None else None,
     )
+    trainer.add_callback(MemoryReportCallback(trainer))
+    summary = trainer.phases.plans[0].summary()
     baseline = None
     if names is not None:
         majority, share = majority_baseline(data["train"]["labels"], data["eval"]["labels"])

@@ -114,6 +114,7 @@ def test_frozen_parameters_get_no_gradient_or_optimizer_state(run: Path) -> None
         grads = result["memory"]["after_backward"]
         # ZeRO-2 keeps whole gradients of the parameters that straddle a partition boundary (measured <= 1.1x).
         assert 0 < grads["gradient_bytes"] <= 1.3 * grads["gradient_limit_bytes"]
+        assert result["memory"]["line"].startswith(f"memory on rank {rank} of 2 (deepspeed): parameters ")
 
 
 @pytest.mark.slow

@@ -55,6 +55,13 @@ def test_each_run_was_sharded_reached_phase_1_and_kept_state_to_the_limit(result
         assert 0 < memory["optimizer_state_bytes"] <= memory["optimizer_state_limit_bytes"] + 64
 
 
+def test_freeze_trainer_printed_each_ranks_memory_under_fsdp2(results: list) -> None:
+    for result in results:
+        report = result["trainer"]["memory_report"]
+        assert report.startswith(f"memory on rank {result['rank']} of 2 (fsdp2): parameters "), report
+        assert report.count("within it") == 2, report  # gradients and optimizer state at the limit
+
+
 @pytest.mark.parametrize("name", RUNS)
 def test_frozen_unchanged_trained_moved_and_the_delta_is_the_trained_model(run: Path, name: str) -> None:
     trained = load_file(rank_dir(run, 0) / f"{name}.safetensors")

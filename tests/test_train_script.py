@@ -182,6 +182,7 @@ def test_classification_prints_plan_result_and_snippet(classification_run):
     assert saved_metrics(out, "train")["world_size"] == 1
     assert saved_metrics(out, "eval")["eval_majority_baseline"] == 0.5
     assert f"Delta: {out / 'delta'}" in result.stdout
+    assert "memory on rank 0 of 1 (none): parameters " in result.stdout
     assert "Traceback" not in result.stderr
 
 
@@ -239,6 +240,8 @@ def test_two_processes_train_and_write_one_delta(tmp_path, bert_folder, jsonl_fi
     assert saved_metrics(out, "train")["world_size"] == 2
     assert result.stdout.count("Plan: recipe 'train_top_blocks'") == 1
     assert result.stdout.count("Load it into a pipeline:") == 1
+    for rank in (0, 1):  # each rank reports what it holds under DDP
+        assert result.stdout.count(f"memory on rank {rank} of 2 (ddp): parameters ") == 1
     assert sorted(path.name for path in out.iterdir() if path.is_dir()) == ["delta"]
     check_delta_matches_recipe(
         out / "delta", AutoModelForSequenceClassification.from_pretrained(bert_folder), "train_top_blocks"

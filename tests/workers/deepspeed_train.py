@@ -40,6 +40,7 @@ from hf_freeze.accelerate import decay_parameter_names
 from hf_freeze.apply import apply_plan
 from hf_freeze.deepspeed import advance_phase, export_delta, initialize, memory_stats, optimized_names, save_checkpoint
 from hf_freeze.delta import load_delta
+from hf_freeze.memory import memory_report
 from hf_freeze.optim import param_groups
 from hf_freeze.phases import phase_plans
 from hf_freeze.recipe import Recipe
@@ -122,12 +123,14 @@ def zero3_partitions(model: nn.Module) -> dict[str, list[int]]:
 
 
 def train_steps(engine: Any, first: int, count: int, rank: int, size: int) -> dict[str, Any]:
-    """``count`` steps from step ``first``; returns the memory report after the last backward and after its step."""
+    """``count`` steps from step ``first``; returns the memory figures after the last backward and after its step,
+    and the ``memory_report`` line after the last backward."""
     report: dict[str, Any] = {}
     for step in range(first, first + count):
         loss = engine(**batch(step, rank, size)).loss
         engine.backward(loss)
         report["after_backward"] = memory_stats(engine)
+        report["line"] = memory_report(engine)  # what scripts/train.py prints per rank
         engine.step()
     report["after_step"] = memory_stats(engine)
     return report

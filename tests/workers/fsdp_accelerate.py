@@ -13,7 +13,8 @@ block unfrozen after ``SWITCH_STEP``):
   ``trainable_wrap_policy`` (FreezeController wraps first, then builds the optimizer over the flat parameters).
 
 Rank 0 writes ``{run}.safetensors`` (every parameter, gathered); every rank writes ``result.json`` with the
-phase reached, whether the model really was FSDP2-sharded, and the memory figures.
+phase reached, whether the model really was FSDP2-sharded, and the memory figures (for ``trainer`` also the
+line ``MemoryReportCallback`` printed).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tiny import random_text_dataset
 from hf_freeze import FreezeTrainer
 from hf_freeze.accelerate import FreezeController
 from hf_freeze.fsdp1 import trainable_wrap_policy
-from hf_freeze.memory import memory_stats
+from hf_freeze.memory import MemoryReportCallback, memory_stats
 from hf_freeze.sharding import sharding_engine
 from workers.ddp_train import RECIPE, ROWS, tiny_bert, training_args
 from workers.fsdp_common import full_parameters, init_gloo, write_rank_result, write_tensors
@@ -69,11 +70,14 @@ def run_trainer(out: Path) -> dict[str, Any]:
     trainer = FreezeTrainer(model=tiny_bert(), args=args, recipe=RECIPE, train_dataset=random_text_dataset(ROWS))
     sharded_accelerator(trainer.accelerator)
     trainer.is_fsdp_enabled = True
+    report = MemoryReportCallback(trainer)  # the callback scripts/train.py adds
+    trainer.add_callback(report)
     trainer.train()
     trainer.save_model(str(out / "trainer"))
     write_tensors(out, args.process_index, "trainer", full_parameters(trainer.model))
     engine = sharding_engine(trainer.model)
-    return {"phase": trainer.phases.phase, "engine": engine, "memory": memory_stats(trainer.model, trainer.optimizer)}
+    memory = memory_stats(trainer.model, trainer.optimizer)
+    return {"phase": trainer.phases.phase, "engine": engine, "memory": memory, "memory_report": report.report}
 
 
 def run_controller(out: Path, name: str) -> dict[str, Any]:
