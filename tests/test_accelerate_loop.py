@@ -63,3 +63,15 @@ def test_loop_ranks_are_bitwise_identical(loop_runs) -> None:
     for name in ("params.safetensors", SNAPSHOT):
         rank0, rank1 = read_parameters(out, 0, name), read_parameters(out, 1, name)
         assert [key for key in rank0 if not torch.equal(rank0[key], rank1[key])] == []
+
+
+def test_the_worker_runs_the_readme_loop_line_for_line() -> None:
+    """The README's loop body (comments aside) is what the worker above runs, so the tests run the README."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### A custom Accelerate loop", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    loop = block[block.index("model, optimizer, train_dl = freeze.prepare") :]
+    worker = LOOP.read_text(encoding="utf-8")
+    for line in loop.splitlines():
+        code = line.split("#", 1)[0].rstrip()
+        if code and not code.strip().startswith("freeze.step()"):  # the worker tests freeze.step()'s result
+            assert code in worker, code
