@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 import transformers
-from accelerate.utils import DeepSpeedSchedulerWrapper
 from torch import nn
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import SCHEDULER_NAME
@@ -226,6 +225,8 @@ class FreezeTrainer(transformers.Trainer):
         models); the scheduler is saved as ``Trainer`` saves it."""
         if not is_deepspeed_engine(self.model_wrapped):
             return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import DeepSpeedSchedulerWrapper  # exists only where DeepSpeed is installed
+
         save_deepspeed_checkpoint(self.model_wrapped, output_dir)
         if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))

@@ -96,3 +96,34 @@ def test_installed_wheel_plans_with_a_bundled_recipe(wheel: Path, tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     assert '"recipe": "freeze_encoder"' in result.stdout and '"trainable_parameters": 2' in result.stdout
+
+
+def test_everything_but_deepspeed_works_without_deepspeed(tmp_path: Path) -> None:
+    """DeepSpeed is optional (README command 1 does not install it): every module, ``scripts/train.py`` and a
+    FreezeTrainer run that saves a checkpoint work in a process where ``import deepspeed`` fails."""
+    script = textwrap.dedent(
+        f"""
+        import importlib, pkgutil, runpy, sys
+        sys.modules["deepspeed"] = None  # import deepspeed raises; accelerate and transformers see it as absent
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        import hf_freeze
+        for module in pkgutil.walk_packages(hf_freeze.__path__, "hf_freeze."):
+            if not module.name.endswith("__main__"):  # importing it runs the CLI
+                importlib.import_module(module.name)
+        runpy.run_path({str(REPO / "scripts" / "train.py")!r}, run_name="not_main")
+        from transformers import TrainingArguments
+        from hf_freeze import FreezeTrainer
+        from tiny import random_text_dataset, tiny_model
+        args = TrainingArguments(output_dir={str(tmp_path)!r}, max_steps=2, save_steps=2, use_cpu=True,
+                                 report_to="none", per_device_train_batch_size=4)
+        trainer = FreezeTrainer(model=tiny_model("bert"), args=args, recipe="train_head_only",
+                                train_dataset=random_text_dataset(8))
+        trainer.train()
+        assert "deepspeed" not in sys.modules or sys.modules["deepspeed"] is None
+        print("ran", trainer.state.global_step)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ran 2")
+    assert (tmp_path / "checkpoint-2" / "delta_config.json").is_file()
