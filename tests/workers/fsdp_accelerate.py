@@ -13,8 +13,8 @@ block unfrozen after ``SWITCH_STEP``):
   ``trainable_wrap_policy`` (FreezeController wraps first, then builds the optimizer over the flat parameters).
 
 Rank 0 writes ``{run}.safetensors`` (every parameter, gathered); every rank writes ``result.json`` with the
-phase reached, whether the model really was FSDP2-sharded, and the memory figures (for ``trainer`` also the
-line ``MemoryReportCallback`` printed).
+phase reached, whether the model really was FSDP2-sharded, the memory figures and the ``memory_report`` line
+(for ``trainer`` the one ``MemoryReportCallback`` printed at step 2, for the loops one after the last step).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tiny import random_text_dataset
 from hf_freeze import FreezeTrainer
 from hf_freeze.accelerate import FreezeController
 from hf_freeze.fsdp1 import trainable_wrap_policy
-from hf_freeze.memory import MemoryReportCallback, memory_stats
+from hf_freeze.memory import MemoryReportCallback, memory_report, memory_stats
 from hf_freeze.sharding import sharding_engine
 from workers.ddp_train import RECIPE, ROWS, tiny_bert, training_args
 from workers.fsdp_common import full_parameters, init_gloo, write_rank_result, write_tensors
@@ -99,7 +99,13 @@ def run_controller(out: Path, name: str) -> dict[str, Any]:
         freeze.step()
     freeze.save_delta(out / name)
     write_tensors(out, accelerator.process_index, name, full_parameters(model))
-    return {"phase": freeze.phase, "engine": sharding_engine(model), "memory": memory_stats(model, optimizer)}
+    memory = memory_stats(model, optimizer)
+    return {
+        "phase": freeze.phase,
+        "engine": sharding_engine(model),
+        "memory": memory,
+        "memory_report": memory_report(model, optimizer),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
