@@ -12,7 +12,8 @@ gradient figure far above its limit means frozen parameters pay gradient memory 
 trainable and frozen parameters); an optimizer-state figure above its limit means state for tensors that do
 not train. Gradients are counted as they are at the call: after ``zero_grad(set_to_none=True)`` there are none.
 
-``memory_report(model, optimizer)`` is one rank's line, ``memory_stats`` gives the figures, and
+``memory_report(model, optimizer)`` is one rank's line, ``memory_stats`` gives the figures (``memory_line``
+turns them into the line), and
 ``MemoryReportCallback`` prints the line on every rank of a Trainer run once, when gradients and optimizer state
 both exist (``scripts/train.py`` adds it).
 """
@@ -66,7 +67,11 @@ def memory_stats(model: nn.Module, optimizer: Any | None = None) -> dict[str, An
 
 def memory_report(model: nn.Module, optimizer: Any | None = None) -> str:
     """One line per rank: what it holds against the trainable-only limit (module docstring)."""
-    stats = memory_stats(model, optimizer)
+    return memory_line(memory_stats(model, optimizer))
+
+
+def memory_line(stats: dict[str, Any]) -> str:
+    """The line :func:`memory_report` prints, from figures already measured by :func:`memory_stats`."""
 
     def against(measured: str, limit: str) -> str:
         over = stats[measured] - stats[limit]

@@ -40,7 +40,7 @@ from hf_freeze.accelerate import decay_parameter_names
 from hf_freeze.apply import apply_plan
 from hf_freeze.deepspeed import advance_phase, export_delta, initialize, memory_stats, optimized_names, save_checkpoint
 from hf_freeze.delta import load_delta
-from hf_freeze.memory import memory_report
+from hf_freeze.memory import memory_line
 from hf_freeze.optim import param_groups
 from hf_freeze.phases import phase_plans
 from hf_freeze.recipe import Recipe
@@ -130,7 +130,7 @@ def train_steps(engine: Any, first: int, count: int, rank: int, size: int) -> di
         loss = engine(**batch(step, rank, size)).loss
         engine.backward(loss)
         report["after_backward"] = memory_stats(engine)
-        report["line"] = memory_report(engine)  # what scripts/train.py prints per rank
+        report["line"] = memory_line(report["after_backward"])  # what scripts/train.py prints per rank
         engine.step()
     report["after_step"] = memory_stats(engine)
     return report

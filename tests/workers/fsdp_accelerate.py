@@ -31,7 +31,7 @@ from tiny import random_text_dataset
 from hf_freeze import FreezeTrainer
 from hf_freeze.accelerate import FreezeController
 from hf_freeze.fsdp1 import trainable_wrap_policy
-from hf_freeze.memory import MemoryReportCallback, memory_report, memory_stats
+from hf_freeze.memory import MemoryReportCallback, memory_line, memory_stats
 from hf_freeze.sharding import sharding_engine
 from workers.ddp_train import RECIPE, ROWS, tiny_bert, training_args
 from workers.fsdp_common import full_parameters, init_gloo, write_rank_result, write_tensors
@@ -104,7 +104,7 @@ def run_controller(out: Path, name: str) -> dict[str, Any]:
         "phase": freeze.phase,
         "engine": sharding_engine(model),
         "memory": memory,
-        "memory_report": memory_report(model, optimizer),
+        "memory_report": memory_line(memory),
     }
 
 
